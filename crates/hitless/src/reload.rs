@@ -1,0 +1,193 @@
+//! One reloading credential: read → validate → swap, with the last-known-good rule.
+//!
+//! [`Reloading`] owns the current [`Snapshot`] (in an `ArcSwapOption`, so readers pay one
+//! atomic load) and the [`Status`]. An attempt reads every file of the credential as one unit,
+//! compares a content hash with what is serving (equal content changes nothing), validates, and
+//! swaps. A failed attempt is either silent (a writer may still be busy: the detector retries
+//! after the quiet period) or reported (recorded in the status, logged, announced).
+//!
+//! This module decides *what* happens on a reload; `detect` decides *when*.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+
+use crate::snapshot::{lock, Event, Events, LastError, Snapshot, Status};
+use crate::source::files::{self, read_stable};
+use crate::Error;
+
+/// How to turn a credential's files into a validated value.
+pub(crate) trait Load: Send + Sync + 'static {
+    /// The validated value.
+    type Value: Send + Sync + 'static;
+    /// The files to read, in order.
+    fn paths(&self) -> Vec<PathBuf>;
+    /// Parses and validates what was read.
+    fn load(&self, files: &files::Snapshot) -> Result<Self::Value, Error>;
+    /// A fingerprint for logs and events.
+    fn fingerprint(value: &Self::Value) -> String;
+    /// A one-line description for logs.
+    fn describe(value: &Self::Value) -> String;
+}
+
+/// The result of one reload attempt.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// The files hold what is already served.
+    Unchanged,
+    /// A new value is served, with this generation.
+    Reloaded(u64),
+    /// The input was refused; nothing changed. `reported` says whether it was recorded.
+    Failed { error: Error, reported: bool },
+}
+
+/// A credential that reloads: current snapshot, status, subscribers.
+pub(crate) struct Reloading<L: Load> {
+    pub(crate) name: String,
+    loader: L,
+    pub(crate) current: ArcSwapOption<Snapshot<L::Value>>,
+    state: Mutex<State>,
+    pub(crate) events: Events,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    detection: String,
+    last_check: Option<SystemTime>,
+    last_error: Option<LastError>,
+    reloads_ok: u64,
+    reloads_failed: u64,
+}
+
+impl<L: Load> Reloading<L> {
+    pub(crate) fn new(name: String, loader: L, detection: String, events: Events) -> Self {
+        Reloading {
+            name,
+            loader,
+            current: ArcSwapOption::empty(),
+            state: Mutex::new(State {
+                detection,
+                ..State::default()
+            }),
+            events,
+        }
+    }
+
+    /// The files of this credential.
+    pub(crate) fn paths(&self) -> Vec<PathBuf> {
+        self.loader.paths()
+    }
+
+    /// Reads, validates and, when the content is new and good, swaps. With `report`, a failure
+    /// is recorded in the status, logged and announced; without, it is only logged at debug
+    /// level (the caller will retry).
+    pub(crate) fn attempt(&self, report: bool) -> Attempt {
+        // The state lock serialises attempts (detector thread, manual reload); handshakes never
+        // take it.
+        let mut state = lock(&self.state);
+        state.last_check = Some(SystemTime::now());
+        let paths = self.loader.paths();
+        let refs: Vec<&std::path::Path> = paths.iter().map(PathBuf::as_path).collect();
+        let outcome = read_stable(&refs).and_then(|files| {
+            let current = self.current.load();
+            if let Some(cur) = current.as_ref() {
+                if cur.digest == files.digest {
+                    return Ok(None);
+                }
+            }
+            let value = self.loader.load(&files)?;
+            Ok(Some((value, files.digest)))
+        });
+        match outcome {
+            Ok(None) => {
+                if state.last_error.take().is_some() {
+                    tracing::info!(credential = %self.name, "files are back to the content being served");
+                }
+                Attempt::Unchanged
+            }
+            Ok(Some((value, digest))) => {
+                let generation = self.current.load().as_ref().map_or(0, |c| c.generation) + 1;
+                let fingerprint = L::fingerprint(&value);
+                let description = L::describe(&value);
+                self.current.store(Some(Arc::new(Snapshot {
+                    value,
+                    generation,
+                    loaded_at: SystemTime::now(),
+                    sources: paths,
+                    digest,
+                })));
+                state.last_error = None;
+                state.reloads_ok += 1;
+                drop(state);
+                tracing::info!(
+                    credential = %self.name,
+                    generation,
+                    fingerprint = %fingerprint,
+                    "loaded {description}"
+                );
+                self.events.emit(&Event::Reloaded {
+                    name: self.name.clone(),
+                    generation,
+                    fingerprint,
+                });
+                Attempt::Reloaded(generation)
+            }
+            Err(error) => {
+                if !report {
+                    tracing::debug!(credential = %self.name, "not ready yet, will retry: {error}");
+                    return Attempt::Failed {
+                        error,
+                        reported: false,
+                    };
+                }
+                let last = LastError {
+                    path: error.path().map(|p| p.to_path_buf()),
+                    message: error.to_string(),
+                    at: SystemTime::now(),
+                };
+                state.reloads_failed += 1;
+                state.last_error = Some(last.clone());
+                let serving = self.current.load().as_ref().map(|c| c.generation);
+                drop(state);
+                match serving {
+                    Some(generation) => tracing::warn!(
+                        credential = %self.name,
+                        serving_generation = generation,
+                        "reload failed, keeping the last good credential: {error}"
+                    ),
+                    None => tracing::warn!(credential = %self.name, "no credential loaded: {error}"),
+                }
+                self.events.emit(&Event::ReloadFailed {
+                    name: self.name.clone(),
+                    error: last,
+                });
+                Attempt::Failed {
+                    error,
+                    reported: true,
+                }
+            }
+        }
+    }
+
+    /// Whether the last reported attempt failed and has not been followed by a good one.
+    pub(crate) fn is_failing(&self) -> bool {
+        lock(&self.state).last_error.is_some() || self.current.load().is_none()
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        let state = lock(&self.state);
+        let current = self.current.load();
+        Status {
+            name: self.name.clone(),
+            detection: state.detection.clone(),
+            generation: current.as_ref().map_or(0, |c| c.generation),
+            loaded_at: current.as_ref().map(|c| c.loaded_at),
+            last_check: state.last_check,
+            last_error: state.last_error.clone(),
+            reloads_ok: state.reloads_ok,
+            reloads_failed: state.reloads_failed,
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Last known good: the value being served, its generation, and what happened since.
+//!
+//! A [`Snapshot`] is immutable; replacing it is one atomic pointer swap, and reading it (what a
+//! handshake does) is one atomic load. Bad input never reaches this module: only a value that
+//! has been fully read and validated becomes a snapshot. Failures are recorded beside it, in
+//! [`Status`], and announced as [`Event`]s.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// One validated value with the facts of when and from where it was loaded.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Snapshot<T> {
+    /// The validated value ([`crate::Identity`], ...).
+    pub value: T,
+    /// 1 for the first value loaded, +1 for every swap to different content.
+    pub generation: u64,
+    /// When this value was loaded.
+    pub loaded_at: SystemTime,
+    /// The files it was read from.
+    pub sources: Vec<PathBuf>,
+    /// SHA-256 over the files' paths and contents: identical content is never swapped in again.
+    pub(crate) digest: [u8; 32],
+}
+
+/// The last failure to load a credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LastError {
+    /// The file the failure is about, when there is one.
+    pub path: Option<PathBuf>,
+    /// The whole message, naming the file and the reason.
+    pub message: String,
+    /// When it was reported.
+    pub at: SystemTime,
+}
+
+/// How a credential has been doing: what a status page shows.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Status {
+    /// The credential's name (as given to the builder, else derived from its files).
+    pub name: String,
+    /// The change-detection mode, e.g. `watch`, `poll`, `manual`.
+    pub detection: String,
+    /// Generation being served (0 when nothing has loaded yet).
+    pub generation: u64,
+    /// When the value being served was loaded.
+    pub loaded_at: Option<SystemTime>,
+    /// When the files were last looked at.
+    pub last_check: Option<SystemTime>,
+    /// The last reported failure, cleared when the files are good again.
+    pub last_error: Option<LastError>,
+    /// Successful swaps (the initial load included).
+    pub reloads_ok: u64,
+    /// Reported failures.
+    pub reloads_failed: u64,
+}
+
+/// Something that happened to a credential, for applications that want to act on it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A new value is being served.
+    Reloaded {
+        /// Which credential.
+        name: String,
+        /// Its new generation.
+        generation: u64,
+        /// SHA-256 fingerprint of the new leaf (or of the first CA of a trust bundle).
+        fingerprint: String,
+    },
+    /// New input was refused; the previous value keeps being served.
+    ReloadFailed {
+        /// Which credential.
+        name: String,
+        /// What went wrong (names the file and the reason).
+        error: LastError,
+    },
+}
+
+/// A callback that receives every [`Event`] of a credential.
+pub type EventCallback = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// The subscribers of one credential.
+#[derive(Default, Clone)]
+pub(crate) struct Events {
+    subscribers: Arc<Mutex<Vec<EventCallback>>>,
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Events")
+    }
+}
+
+impl Events {
+    pub(crate) fn subscribe(&self, callback: EventCallback) {
+        lock(&self.subscribers).push(callback);
+    }
+
+    pub(crate) fn emit(&self, event: &Event) {
+        // Clone the list so a callback may subscribe without dead-locking.
+        let subscribers = lock(&self.subscribers).clone();
+        for s in subscribers {
+            s(event);
+        }
+    }
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (the data here is
+/// always left consistent: plain counters and replaced values).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
