@@ -50,9 +50,8 @@ pub struct CertInfo {
 }
 
 impl CertInfo {
-    /// Parses `der` (certificate number `index` of `path`, for errors).
-    #[allow(dead_code)] // used by trust bundles
-    pub(crate) fn parse(path: &Path, index: usize, der: &[u8]) -> Result<CertInfo, Error> {
+    /// Parses a DER certificate (number `index` of `path`, for errors).
+    pub fn parse(path: &Path, index: usize, der: &[u8]) -> Result<CertInfo, Error> {
         let (_, cert) = X509Certificate::from_der(der).map_err(|e| Error::Certificate {
             path: path.to_owned(),
             index,
@@ -323,10 +322,15 @@ fn key_type(cert: &X509Certificate<'_>) -> String {
             521 => "ECDSA P-521".into(),
             n => format!("ECDSA {n}"),
         },
-        Ok(PublicKey::Unknown(_)) if cert.public_key().algorithm.algorithm.to_id_string() == "1.3.101.112" => {
+        Ok(PublicKey::Unknown(_))
+            if cert.public_key().algorithm.algorithm.to_id_string() == "1.3.101.112" =>
+        {
             "Ed25519".into()
         }
-        _ => format!("unknown ({})", cert.public_key().algorithm.algorithm.to_id_string()),
+        _ => format!(
+            "unknown ({})",
+            cert.public_key().algorithm.algorithm.to_id_string()
+        ),
     }
 }
 

@@ -60,10 +60,10 @@ pub mod rustls;
 mod snapshot;
 mod source;
 
+pub use crate::rustls::IdentityResolver;
 pub use credential::{IdentityBuilder, Reload, ReloadingIdentity};
 pub use detect::Detection;
 pub use error::Error;
 pub use identity::{CertInfo, Identity};
-pub use crate::rustls::IdentityResolver;
 pub use snapshot::{Event, EventCallback, LastError, Snapshot, Status};
 pub use source::IdentitySource;

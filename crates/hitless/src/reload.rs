@@ -157,7 +157,9 @@ impl<L: Load> Reloading<L> {
                         serving_generation = generation,
                         "reload failed, keeping the last good credential: {error}"
                     ),
-                    None => tracing::warn!(credential = %self.name, "no credential loaded: {error}"),
+                    None => {
+                        tracing::warn!(credential = %self.name, "no credential loaded: {error}")
+                    }
                 }
                 self.events.emit(&Event::ReloadFailed {
                     name: self.name.clone(),

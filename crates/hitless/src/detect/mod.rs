@@ -34,10 +34,11 @@ use crate::reload::{Attempt, Load, Reloading};
 use crate::source::files::{stamps, FileStamp};
 
 /// How a credential notices that its files changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Detection {
     /// File-system notifications on the parent directories (default).
+    #[default]
     Watch,
     /// Compare file identities every `interval` (±10% jitter).
     Poll {
@@ -46,12 +47,6 @@ pub enum Detection {
     },
     /// Never look by itself: call `reload()` (or send `SIGHUP` to the command).
     Manual,
-}
-
-impl Default for Detection {
-    fn default() -> Self {
-        Detection::Watch
-    }
 }
 
 impl Detection {
@@ -140,7 +135,9 @@ impl Tracked {
                 self.retry_at = None;
                 self.backoff = Duration::from_secs(1);
             }
-            Attempt::Failed { reported: false, .. } => {
+            Attempt::Failed {
+                reported: false, ..
+            } => {
                 self.retry_at = Some((Instant::now() + quiet, true));
             }
             Attempt::Failed { reported: true, .. } => {
@@ -175,7 +172,10 @@ pub(crate) fn spawn(
     let tracked: Vec<Tracked> = targets
         .into_iter()
         .map(|target| {
-            let stamps = target.upgrade().map(|t| stamps(&t.paths())).unwrap_or_default();
+            let stamps = target
+                .upgrade()
+                .map(|t| stamps(&t.paths()))
+                .unwrap_or_default();
             Tracked {
                 target,
                 retry_at: None,

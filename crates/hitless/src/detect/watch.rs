@@ -84,7 +84,13 @@ impl WatchState {
             .iter()
             .flatten()
             .filter_map(|p| p.parent().map(Path::to_path_buf))
-            .map(|d| if d.as_os_str().is_empty() { PathBuf::from(".") } else { d })
+            .map(|d| {
+                if d.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    d
+                }
+            })
             .collect();
         let mut missing = false;
         for dir in wanted.difference(&self.watched.clone()) {

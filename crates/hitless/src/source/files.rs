@@ -194,9 +194,10 @@ mod tests {
         let chain = symlink_chain(&dir.path().join("tls.crt"));
         assert!(chain.contains(&dir.path().join("tls.crt")));
         assert!(chain.contains(&dir.path().join("..data")));
-        assert!(chain
-            .iter()
-            .any(|p| p.ends_with("..2026_01_01/tls.crt")), "{chain:?}");
+        assert!(
+            chain.iter().any(|p| p.ends_with("..2026_01_01/tls.crt")),
+            "{chain:?}"
+        );
     }
 
     #[test]

@@ -1,0 +1,155 @@
+//! Test support: a blocking rustls server on loopback and a client that reports what it saw.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hitless_test_pki::{sha256_hex, Ca};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, StreamOwned};
+
+/// A loopback TLS server: each connection answers every line with `ok\n`.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(config: Arc<ServerConfig>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let config = config.clone();
+                thread::spawn(move || serve_conn(config, stream));
+            }
+        });
+        Server {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_conn(config: Arc<ServerConfig>, stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let Ok(conn) = rustls::ServerConnection::new(config) else {
+        return;
+    };
+    let mut tls = StreamOwned::new(conn, stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let mut reader = BufReader::new(&mut tls);
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if tls.write_all(b"ok\n").and_then(|_| tls.flush()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A client config trusting `ca` (and sending `client` if given), without resumption.
+pub fn client_config(
+    ca: &Ca,
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.rustls_cert()).unwrap();
+    let builder = ClientConfig::builder().with_root_certificates(roots);
+    let mut config = match client {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    // Every connection is a full handshake: a resumed session shows the old certificate.
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+/// An open client connection.
+pub struct Conn {
+    tls: StreamOwned<ClientConnection, TcpStream>,
+    /// SHA-256 of the leaf the server presented.
+    pub fingerprint: String,
+}
+
+impl Conn {
+    /// Sends a line and expects `ok`.
+    pub fn ping(&mut self) -> std::io::Result<()> {
+        self.tls.write_all(b"ping\n")?;
+        self.tls.flush()?;
+        let mut line = String::new();
+        BufReader::new(&mut self.tls).read_line(&mut line)?;
+        if line == "ok\n" {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!("unexpected answer {line:?}")))
+        }
+    }
+}
+
+/// A full handshake plus one request; the error says what failed.
+pub fn connect(addr: SocketAddr, config: &Arc<ClientConfig>, name: &str) -> Result<Conn, String> {
+    let stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let server_name = ServerName::try_from(name.to_string()).unwrap();
+    let conn = ClientConnection::new(config.clone(), server_name).map_err(|e| e.to_string())?;
+    let mut tls = StreamOwned::new(conn, stream);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .map_err(|e| format!("handshake: {e}"))?;
+    }
+    let leaf = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or("no server certificate")?;
+    let fingerprint = sha256_hex(leaf.as_ref());
+    let mut c = Conn { tls, fingerprint };
+    c.ping().map_err(|e| format!("request: {e}"))?;
+    Ok(c)
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Generous bound for anything asynchronous in tests (machines are shared and noisy).
+pub const PATIENCE: Duration = Duration::from_secs(20);
