@@ -18,6 +18,7 @@ use crate::identity::{default_provider, Identity, Validation};
 use crate::reload::{Attempt, Load, Reloading};
 use crate::snapshot::{lock, Event, EventCallback, Events, Snapshot, Status};
 use crate::source::{files, pem, IdentitySource};
+use crate::trust::{Trust, TrustLoader, TrustSource};
 use crate::Error;
 
 /// Reads and validates an identity from its source.
@@ -96,10 +97,155 @@ impl Load for IdentityLoader {
     }
 }
 
-pub(crate) struct IdentityShared {
-    pub(crate) reloading: Arc<Reloading<IdentityLoader>>,
+/// What every handle shares: the reloading credential, its quiet period, its detector.
+pub(crate) struct Shared<L: Load> {
+    pub(crate) reloading: Arc<Reloading<L>>,
     quiet: Duration,
     _detector: Option<Detector>,
+}
+
+/// Options common to every reloading credential.
+pub(crate) struct Options {
+    pub(crate) name: Option<String>,
+    pub(crate) detection: Detection,
+    pub(crate) quiet: Duration,
+    pub(crate) callbacks: Vec<EventCallback>,
+    pub(crate) allow_empty: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            name: None,
+            detection: Detection::default(),
+            quiet: DEFAULT_QUIET_PERIOD,
+            callbacks: Vec::new(),
+            allow_empty: false,
+        }
+    }
+}
+
+impl<L: Load> Shared<L> {
+    /// Loads once (failing unless `allow_empty`), then starts the detector.
+    pub(crate) fn start(
+        loader: L,
+        default_name: String,
+        options: Options,
+    ) -> Result<Arc<Self>, Error> {
+        let name = options.name.unwrap_or(default_name);
+        let events = Events::default();
+        for c in options.callbacks {
+            events.subscribe(c);
+        }
+        let reloading = Arc::new(Reloading::new(
+            name.clone(),
+            loader,
+            options.detection.name().to_string(),
+            events,
+        ));
+        if let Attempt::Failed { error, .. } = reloading.attempt(true) {
+            if !options.allow_empty {
+                return Err(error);
+            }
+        }
+        let target: Arc<dyn Target> = reloading.clone();
+        let detector = detect::spawn(
+            options.detection,
+            options.quiet,
+            vec![Arc::downgrade(&target)],
+            format!("hitless-detect {name}"),
+        )?;
+        Ok(Arc::new(Shared {
+            reloading,
+            quiet: options.quiet,
+            _detector: detector,
+        }))
+    }
+
+    pub(crate) fn current(&self) -> Option<Arc<Snapshot<L::Value>>> {
+        self.reloading.current.load_full()
+    }
+
+    /// One attempt; if it fails, one more after the quiet period, which reports.
+    pub(crate) fn reload(&self) -> Result<Reload, Error> {
+        let r = &self.reloading;
+        let mut outcome = r.attempt(false);
+        if let Attempt::Failed { .. } = outcome {
+            std::thread::sleep(self.quiet);
+            outcome = r.attempt(true);
+        }
+        match outcome {
+            Attempt::Unchanged => Ok(Reload::Unchanged),
+            Attempt::Reloaded(generation) => Ok(Reload::Reloaded { generation }),
+            Attempt::Failed { error, .. } => Err(error),
+        }
+    }
+}
+
+/// Builder methods shared by every credential kind.
+macro_rules! common_builder_methods {
+    () => {
+        /// A name for logs, status and events (default: the first file's path).
+        pub fn name(mut self, name: impl Into<String>) -> Self {
+            self.options.name = Some(name.into());
+            self
+        }
+
+        /// How changes are noticed (default [`Detection::Watch`]).
+        pub fn detection(mut self, detection: Detection) -> Self {
+            self.options.detection = detection;
+            self
+        }
+
+        /// How long an inconsistent read (a writer still busy) waits before it is retried and,
+        /// if it still fails, reported (default 200 ms).
+        pub fn quiet_period(mut self, quiet: Duration) -> Self {
+            self.options.quiet = quiet;
+            self
+        }
+
+        /// Calls `callback` on every [`Event`] (from the detector thread: keep it short).
+        pub fn on_event(mut self, callback: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+            self.options.callbacks.push(Arc::new(callback));
+            self
+        }
+
+        /// Start even if the first load fails (a sidecar agent has not written yet): nothing is
+        /// served until the first good write (default: `build` fails with the file and the
+        /// reason).
+        pub fn allow_empty_start(mut self, allow: bool) -> Self {
+            self.options.allow_empty = allow;
+            self
+        }
+    };
+}
+
+/// Handle methods shared by every credential kind.
+macro_rules! common_handle_methods {
+    ($value:ty) => {
+        /// The value being served now, with its generation and load time (`None` only when
+        /// started with `allow_empty_start` and nothing good was written yet).
+        pub fn current(&self) -> Option<Arc<Snapshot<$value>>> {
+            self.shared.current()
+        }
+
+        /// Generation, load time, last check and last error.
+        pub fn status(&self) -> Status {
+            self.shared.reloading.status()
+        }
+
+        /// Reads the files now. A read that fails is retried once after the quiet period (a
+        /// writer may be between two files) before the error is recorded and returned; the
+        /// last good value keeps being served either way.
+        pub fn reload(&self) -> Result<Reload, Error> {
+            self.shared.reload()
+        }
+
+        /// Calls `callback` on every later [`Event`].
+        pub fn subscribe(&self, callback: impl Fn(&Event) + Send + Sync + 'static) {
+            self.shared.reloading.events.subscribe(Arc::new(callback));
+        }
+    };
 }
 
 /// A server (or client) identity that reloads itself from disk.
@@ -119,7 +265,7 @@ pub(crate) struct IdentityShared {
 /// ```
 #[derive(Clone)]
 pub struct ReloadingIdentity {
-    pub(crate) shared: Arc<IdentityShared>,
+    pub(crate) shared: Arc<Shared<IdentityLoader>>,
 }
 
 impl std::fmt::Debug for ReloadingIdentity {
@@ -135,34 +281,13 @@ impl std::fmt::Debug for ReloadingIdentity {
 #[must_use]
 pub struct IdentityBuilder {
     source: IdentitySource,
-    name: Option<String>,
-    detection: Detection,
-    quiet: Duration,
+    options: Options,
     accept_expired: bool,
     provider: Option<Arc<CryptoProvider>>,
-    callbacks: Vec<EventCallback>,
-    allow_empty: bool,
 }
 
 impl IdentityBuilder {
-    /// A name for logs, status and events (default: the first file's path).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// How changes are noticed (default [`Detection::Watch`]).
-    pub fn detection(mut self, detection: Detection) -> Self {
-        self.detection = detection;
-        self
-    }
-
-    /// How long an inconsistent read (a writer still busy) waits before it is retried and, if
-    /// it still fails, reported (default 200 ms).
-    pub fn quiet_period(mut self, quiet: Duration) -> Self {
-        self.quiet = quiet;
-        self
-    }
+    common_builder_methods!();
 
     /// Accept a leaf that is expired or not yet valid (default: refuse it, keep the last good
     /// one). Peers will refuse such a certificate; this exists for tests and odd clocks.
@@ -178,30 +303,10 @@ impl IdentityBuilder {
         self
     }
 
-    /// Calls `callback` on every [`Event`] (from the detector thread: keep it short).
-    pub fn on_event(mut self, callback: impl Fn(&Event) + Send + Sync + 'static) -> Self {
-        self.callbacks.push(Arc::new(callback));
-        self
-    }
-
-    /// Start even if the first load fails (a sidecar agent has not written yet): the identity
-    /// resolves nothing, so handshakes fail, until the first good write (default: `build`
-    /// fails with the file and the reason).
-    pub fn allow_empty_start(mut self, allow: bool) -> Self {
-        self.allow_empty = allow;
-        self
-    }
-
     /// Loads the identity once (failing with the file and the reason if it is not good, unless
     /// [`allow_empty_start`](Self::allow_empty_start)), then starts change detection.
     pub fn build(self) -> Result<ReloadingIdentity, Error> {
-        let name = self
-            .name
-            .unwrap_or_else(|| self.source.cert_path().display().to_string());
-        let events = Events::default();
-        for c in self.callbacks {
-            events.subscribe(c);
-        }
+        let default_name = self.source.cert_path().display().to_string();
         let loader = IdentityLoader {
             source: self.source,
             rules: Validation {
@@ -211,30 +316,8 @@ impl IdentityBuilder {
             warned_modes: Mutex::default(),
             warned_run_together: Mutex::default(),
         };
-        let reloading = Arc::new(Reloading::new(
-            name.clone(),
-            loader,
-            self.detection.name().to_string(),
-            events,
-        ));
-        if let Attempt::Failed { error, .. } = reloading.attempt(true) {
-            if !self.allow_empty {
-                return Err(error);
-            }
-        }
-        let target: Arc<dyn Target> = reloading.clone();
-        let detector = detect::spawn(
-            self.detection,
-            self.quiet,
-            vec![Arc::downgrade(&target)],
-            format!("hitless-detect {name}"),
-        )?;
         Ok(ReloadingIdentity {
-            shared: Arc::new(IdentityShared {
-                reloading,
-                quiet: self.quiet,
-                _detector: detector,
-            }),
+            shared: Shared::start(loader, default_name, self.options)?,
         })
     }
 }
@@ -257,21 +340,13 @@ impl ReloadingIdentity {
     pub fn builder(source: IdentitySource) -> IdentityBuilder {
         IdentityBuilder {
             source,
-            name: None,
-            detection: Detection::default(),
-            quiet: DEFAULT_QUIET_PERIOD,
+            options: Options::default(),
             accept_expired: false,
             provider: None,
-            callbacks: Vec::new(),
-            allow_empty: false,
         }
     }
 
-    /// The identity being served now, with its generation and load time (`None` only when
-    /// started with [`IdentityBuilder::allow_empty_start`] and nothing good was written yet).
-    pub fn current(&self) -> Option<Arc<Snapshot<Identity>>> {
-        self.shared.reloading.current.load_full()
-    }
+    common_handle_methods!(Identity);
 
     /// The rustls chain and key being served now: one atomic load and an `Arc` clone.
     pub fn certified_key(&self) -> Option<Arc<CertifiedKey>> {
@@ -283,35 +358,78 @@ impl ReloadingIdentity {
             .map(|s| s.value.certified_key().clone())
     }
 
-    /// Generation, load time, last check and last error.
-    pub fn status(&self) -> Status {
-        self.shared.reloading.status()
-    }
-
-    /// Reads the files now. A read that fails is retried once after the quiet period (a
-    /// writer may be between two files) before the error is recorded and returned; the last
-    /// good identity keeps being served either way.
-    pub fn reload(&self) -> Result<Reload, Error> {
-        let r = &self.shared.reloading;
-        let mut outcome = r.attempt(false);
-        if let Attempt::Failed { .. } = outcome {
-            std::thread::sleep(self.shared.quiet);
-            outcome = r.attempt(true);
-        }
-        match outcome {
-            Attempt::Unchanged => Ok(Reload::Unchanged),
-            Attempt::Reloaded(generation) => Ok(Reload::Reloaded { generation }),
-            Attempt::Failed { error, .. } => Err(error),
-        }
-    }
-
-    /// Calls `callback` on every later [`Event`].
-    pub fn subscribe(&self, callback: impl Fn(&Event) + Send + Sync + 'static) {
-        self.shared.reloading.events.subscribe(Arc::new(callback));
-    }
-
     /// A rustls server certificate resolver serving this identity.
     pub fn resolver(&self) -> Arc<crate::rustls::IdentityResolver> {
         Arc::new(crate::rustls::IdentityResolver::new(self.clone()))
     }
+}
+
+/// A trust bundle (CA certificates and CRLs) that reloads itself from disk.
+///
+/// ```no_run
+/// use hitless::{ReloadingTrust, TrustSource};
+/// # fn main() -> Result<(), hitless::Error> {
+/// let trust = ReloadingTrust::builder(TrustSource::cas(["ca.pem"]).with_crls(["crl.pem"])).build()?;
+/// println!("{} CAs", trust.current().map_or(0, |t| t.value.cas().len()));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ReloadingTrust {
+    pub(crate) shared: Arc<Shared<TrustLoader>>,
+}
+
+impl std::fmt::Debug for ReloadingTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingTrust")
+            .field("name", &self.shared.reloading.name)
+            .field("generation", &self.status().generation)
+            .finish()
+    }
+}
+
+/// Builds a [`ReloadingTrust`].
+#[must_use]
+pub struct TrustBuilder {
+    source: TrustSource,
+    options: Options,
+    provider: Option<Arc<CryptoProvider>>,
+}
+
+impl TrustBuilder {
+    common_builder_methods!();
+
+    /// The rustls crypto provider of the verifiers (default: the process default, else
+    /// aws-lc-rs).
+    pub fn crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+
+    /// Loads the trust once (failing with the file and the reason if it is not good, unless
+    /// `allow_empty_start`), then starts change detection.
+    pub fn build(self) -> Result<ReloadingTrust, Error> {
+        let default_name = self
+            .source
+            .ca_files
+            .first()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "trust".into());
+        let loader = TrustLoader::new(self.source, self.provider);
+        Ok(ReloadingTrust {
+            shared: Shared::start(loader, default_name, self.options)?,
+        })
+    }
+}
+
+impl ReloadingTrust {
+    /// Starts building a trust bundle read from `source`.
+    pub fn builder(source: TrustSource) -> TrustBuilder {
+        TrustBuilder {
+            source,
+            options: Options::default(),
+            provider: None,
+        }
+    }
+
+    common_handle_methods!(Trust);
 }

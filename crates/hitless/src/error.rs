@@ -12,13 +12,12 @@ use std::time::SystemTime;
 #[non_exhaustive]
 pub enum Error {
     /// The file could not be read (missing, permission denied, ...).
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// What the operating system said.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 
     /// The file exists but holds nothing (or only white space).
@@ -98,7 +97,7 @@ pub enum Error {
     },
 
     /// The leaf certificate has expired.
-    #[error("{path}: certificate expired at {} (accept_expired is off)", fmt_time(*not_after))]
+    #[error("{path}: certificate expired at {}", fmt_time(*not_after))]
     Expired {
         /// The file.
         path: PathBuf,
@@ -107,7 +106,7 @@ pub enum Error {
     },
 
     /// The leaf certificate is not valid yet.
-    #[error("{path}: certificate not valid before {} (accept_expired is off)", fmt_time(*not_before))]
+    #[error("{path}: certificate not valid before {}", fmt_time(*not_before))]
     NotYetValid {
         /// The file.
         path: PathBuf,

@@ -108,6 +108,8 @@ pub struct Identity {
     leaf: CertInfo,
     chain: Vec<CertInfo>,
     algorithm: SignatureAlgorithm,
+    /// DER of the issuer name of every certificate sent (what a CertificateRequest names).
+    issuer_names: Vec<Vec<u8>>,
 }
 
 /// Rules applied when validating an identity.
@@ -265,6 +267,10 @@ impl Identity {
             .map(|&i| CertInfo::from_parsed(certs[i].as_ref(), &parsed[i]))
             .collect();
         let leaf = chain[0].clone();
+        let issuer_names = order
+            .iter()
+            .map(|&i| parsed[i].issuer().as_raw().to_vec())
+            .collect();
 
         if !rules.accept_expired {
             let now = SystemTime::now();
@@ -289,6 +295,7 @@ impl Identity {
             leaf,
             chain,
             algorithm,
+            issuer_names,
         })
     }
 
@@ -305,6 +312,17 @@ impl Identity {
     /// Facts about every certificate sent, leaf first.
     pub fn chain(&self) -> &[CertInfo] {
         &self.chain
+    }
+
+    /// Whether this identity chains to a CA named in `hints` (DER distinguished names from a
+    /// CertificateRequest); an empty list names no preference and matches.
+    pub fn issued_by_any(&self, hints: &[&[u8]]) -> bool {
+        hints.is_empty()
+            || self.issuer_names.iter().any(|name| {
+                hints
+                    .iter()
+                    .any(|h| *h == name.as_slice() || strip_sequence(name) == Some(h))
+            })
     }
 
     /// The private key's algorithm.
@@ -334,6 +352,20 @@ fn key_type(cert: &X509Certificate<'_>) -> String {
     }
 }
 
+/// The content of a DER SEQUENCE (a Name without its outer tag and length).
+fn strip_sequence(der: &[u8]) -> Option<&[u8]> {
+    if der.first() != Some(&0x30) {
+        return None;
+    }
+    let len_byte = *der.get(1)?;
+    let header = if len_byte < 0x80 {
+        2
+    } else {
+        2 + usize::from(len_byte & 0x7f)
+    };
+    der.get(header..)
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -343,7 +375,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn unix_to_system(secs: i64) -> SystemTime {
+pub(crate) fn unix_to_system(secs: i64) -> SystemTime {
     if secs >= 0 {
         UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
     } else {

@@ -56,14 +56,19 @@ pub mod detect;
 mod error;
 mod identity;
 mod reload;
-pub mod rustls;
+mod rustls;
 mod snapshot;
 mod source;
+mod trust;
 
-pub use crate::rustls::IdentityResolver;
-pub use credential::{IdentityBuilder, Reload, ReloadingIdentity};
+pub use crate::rustls::{
+    ClientConfigBuilder, ClientIdentityResolver, IdentityResolver, ReloadingClientConfig,
+    ReloadingServerConfig, ReloadingServerVerifier, ServerConfigBuilder,
+};
+pub use credential::{IdentityBuilder, Reload, ReloadingIdentity, ReloadingTrust, TrustBuilder};
 pub use detect::Detection;
 pub use error::Error;
 pub use identity::{CertInfo, Identity};
 pub use snapshot::{Event, EventCallback, LastError, Snapshot, Status};
 pub use source::IdentitySource;
+pub use trust::{CrlInfo, Trust, TrustSource};

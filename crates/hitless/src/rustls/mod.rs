@@ -1,8 +1,14 @@
-//! Where rustls meets the snapshots: certificate resolvers (and, later, verifiers).
+//! Where rustls meets the snapshots: certificate resolvers, verifiers and configurations.
 //!
 //! Everything here runs on the handshake path, so it must not touch the disk, take a lock or
 //! allocate beyond an `Arc` clone: each call is one atomic load of the current snapshot.
 
+mod client;
+mod config;
 mod server;
 
+pub use client::{ClientIdentityResolver, ReloadingServerVerifier};
+pub use config::{
+    ClientConfigBuilder, ReloadingClientConfig, ReloadingServerConfig, ServerConfigBuilder,
+};
 pub use server::IdentityResolver;

@@ -24,9 +24,9 @@ pub(crate) struct FileStamp {
 impl FileStamp {
     /// The stamp of the file `path` points to (symlinks followed).
     pub(crate) fn of(path: &Path) -> Result<FileStamp, Error> {
-        let meta = fs::metadata(path).map_err(|source| Error::Read {
+        let meta = fs::metadata(path).map_err(|error| Error::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Ok(Self::from_meta(&meta))
     }
@@ -88,9 +88,9 @@ pub(crate) fn read_stable(paths: &[&Path]) -> Result<Snapshot, Error> {
     let mut files = Vec::with_capacity(unique.len());
     let mut hasher = Sha256::new();
     for p in &unique {
-        let contents = fs::read(p).map_err(|source| Error::Read {
+        let contents = fs::read(p).map_err(|error| Error::Read {
             path: p.to_path_buf(),
-            source,
+            error,
         })?;
         let name = p.as_os_str().as_encoded_bytes();
         hasher.update((name.len() as u64).to_le_bytes());

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -15,28 +15,39 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, Stream
 /// A loopback TLS server: each connection answers every line with `ok\n`.
 pub struct Server {
     pub addr: SocketAddr,
+    /// SHA-256 of the client certificate of every accepted connection, in order.
+    pub clients: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Server {
     pub fn start(config: Arc<ServerConfig>) -> Server {
+        Self::start_with(move || config.clone())
+    }
+
+    /// Takes the configuration from `config` for every new connection.
+    pub fn start_with(config: impl Fn() -> Arc<ServerConfig> + Send + 'static) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let clients = Arc::new(Mutex::new(Vec::new()));
+        let clients2 = clients.clone();
         let thread = thread::spawn(move || {
             for stream in listener.incoming() {
                 if stop2.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
-                let config = config.clone();
-                thread::spawn(move || serve_conn(config, stream));
+                let config = config();
+                let clients = clients2.clone();
+                thread::spawn(move || serve_conn(config, stream, clients));
             }
         });
         Server {
             addr,
+            clients,
             stop,
             thread: Some(thread),
         }
@@ -53,12 +64,20 @@ impl Drop for Server {
     }
 }
 
-fn serve_conn(config: Arc<ServerConfig>, stream: TcpStream) {
+fn serve_conn(config: Arc<ServerConfig>, stream: TcpStream, clients: Arc<Mutex<Vec<String>>>) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
     let Ok(conn) = rustls::ServerConnection::new(config) else {
         return;
     };
     let mut tls = StreamOwned::new(conn, stream);
+    while tls.conn.is_handshaking() {
+        if tls.conn.complete_io(&mut tls.sock).is_err() {
+            return;
+        }
+    }
+    if let Some(leaf) = tls.conn.peer_certificates().and_then(|c| c.first()) {
+        clients.lock().unwrap().push(sha256_hex(leaf.as_ref()));
+    }
     let mut line = String::new();
     loop {
         line.clear();
@@ -95,6 +114,8 @@ pub struct Conn {
     tls: StreamOwned<ClientConnection, TcpStream>,
     /// SHA-256 of the leaf the server presented.
     pub fingerprint: String,
+    /// Whether the handshake resumed an earlier session.
+    pub resumed: bool,
 }
 
 impl Conn {
@@ -132,7 +153,12 @@ pub fn connect(addr: SocketAddr, config: &Arc<ClientConfig>, name: &str) -> Resu
         .and_then(|c| c.first())
         .ok_or("no server certificate")?;
     let fingerprint = sha256_hex(leaf.as_ref());
-    let mut c = Conn { tls, fingerprint };
+    let resumed = tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let mut c = Conn {
+        tls,
+        fingerprint,
+        resumed,
+    };
     c.ping().map_err(|e| format!("request: {e}"))?;
     Ok(c)
 }
