@@ -28,19 +28,21 @@ use crate::Error;
 
 type Configure<C> = Arc<dyn Fn(&mut C) + Send + Sync>;
 type TrustCallback = Arc<dyn Fn(u64) + Send + Sync>;
+/// Builds a configuration for the current trust.
+type Build<C> = Box<dyn Fn(Option<&ReloadingTrust>) -> Result<C, Error> + Send + Sync>;
 
 struct Inner<C> {
     current: ArcSwap<C>,
     trust: Option<ReloadingTrust>,
     trust_generation: AtomicU64,
-    build: Box<dyn Fn(Option<&ReloadingTrust>) -> Result<C, Error> + Send + Sync>,
+    build: Build<C>,
     on_trust_change: std::sync::Mutex<Vec<TrustCallback>>,
 }
 
 impl<C: Send + Sync + 'static> Inner<C> {
     fn start(
         trust: Option<ReloadingTrust>,
-        build: Box<dyn Fn(Option<&ReloadingTrust>) -> Result<C, Error> + Send + Sync>,
+        build: Build<C>,
     ) -> Result<Arc<Self>, Error> {
         let first = build(trust.as_ref())?;
         let generation = trust.as_ref().map_or(0, |t| t.status().generation);
