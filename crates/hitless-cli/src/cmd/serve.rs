@@ -12,16 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use hitless::{CertInfo, Detection, IdentitySource, ReloadingIdentity};
+use hitless::{
+    CertInfo, Detection, IdentitySource, ReloadingIdentity, ReloadingServerConfig, ReloadingTrust,
+    TrustSource,
+};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -61,6 +61,14 @@ pub struct Args {
     /// present one (mutual TLS). Repeatable.
     #[arg(long = "client-ca")]
     pub client_ca: Vec<PathBuf>,
+    /// CRL file (PEM or DER) applied to client certificates; reloaded like the rest.
+    /// Repeatable; requires --client-ca.
+    #[arg(long, requires = "client_ca")]
+    pub crl: Vec<PathBuf>,
+    /// When the client trust or CRLs change, re-check the client certificate of every open
+    /// connection and close those the new trust refuses.
+    #[arg(long, requires = "client_ca")]
+    pub drop_untrusted: bool,
     /// How changes on disk are noticed.
     #[arg(long, value_enum, default_value_t = ReloadMode::Watch)]
     pub reload: ReloadMode,
@@ -100,6 +108,12 @@ impl Args {
 
 /// Runs the server until SIGINT or SIGTERM.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // aws-lc checks once per process, on first use of its random generator, whether it runs in
+    // a VM snapshot (/dev/sysgenid): do it now, not during the first handshake.
+    let mut warm = [0u8; 16];
+    let _ = rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut warm);
     let identity = ReloadingIdentity::builder(args.source()?)
         .name("server")
         .detection(args.detection())
@@ -107,59 +121,43 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .accept_expired(args.accept_expired)
         .build()
         .context("no valid server identity")?;
-    let config = Arc::new(server_config(&args, &identity)?);
+    let trust = if args.client_ca.is_empty() {
+        tracing::warn!(
+            "no --client-ca given: serving server-authenticated TLS only, clients are not verified"
+        );
+        None
+    } else {
+        Some(
+            ReloadingTrust::builder(
+                TrustSource::cas(args.client_ca.clone()).with_crls(args.crl.clone()),
+            )
+            .name("client-trust")
+            .detection(args.detection())
+            .quiet_period(args.quiet_period)
+            .build()
+            .context("no valid client trust bundle")?,
+        )
+    };
+    let mut builder = ReloadingServerConfig::builder(identity.resolver())
+        .configure(|c| c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+    if let Some(trust) = &trust {
+        builder = builder.client_trust(trust.clone());
+    }
+    let configs = builder
+        .build()
+        .context("cannot build the TLS configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args, identity, config))
-}
-
-fn load_roots(paths: &[PathBuf]) -> anyhow::Result<RootCertStore> {
-    let mut roots = RootCertStore::empty();
-    for path in paths {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .with_context(|| format!("{}: cannot read client CA bundle", path.display()))?
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("{}: invalid PEM", path.display()))?;
-        if certs.is_empty() {
-            bail!("{}: no CA certificate found", path.display());
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .with_context(|| format!("{}: unusable CA certificate", path.display()))?;
-        }
-    }
-    Ok(roots)
-}
-
-fn server_config(args: &Args, identity: &ReloadingIdentity) -> anyhow::Result<ServerConfig> {
-    let builder = ServerConfig::builder();
-    let mut config = if args.client_ca.is_empty() {
-        tracing::warn!(
-            "no --client-ca given: serving server-authenticated TLS only, clients are not verified"
-        );
-        builder
-            .with_no_client_auth()
-            .with_cert_resolver(identity.resolver())
-    } else {
-        let roots = load_roots(&args.client_ca)?;
-        let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
-            .build()
-            .context("cannot build the client certificate verifier")?;
-        builder
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(identity.resolver())
-    };
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+    runtime.block_on(serve(args, identity, trust, configs))
 }
 
 async fn serve(
     args: Args,
     identity: ReloadingIdentity,
-    config: Arc<ServerConfig>,
+    trust: Option<ReloadingTrust>,
+    configs: ReloadingServerConfig,
 ) -> anyhow::Result<ExitCode> {
     let listener = TcpListener::bind(args.listen)
         .await
@@ -167,12 +165,16 @@ async fn serve(
     let local = listener.local_addr().context("listener has no address")?;
     tracing::info!(
         listen = %local,
-        mutual_tls = !args.client_ca.is_empty(),
+        mutual_tls = trust.is_some(),
+        drop_untrusted = args.drop_untrusted,
         reload = ?args.reload,
         "serving HTTPS"
     );
-    spawn_sighup_reload(identity.clone());
-    let acceptor = TlsAcceptor::from(config);
+    spawn_sighup_reload(identity.clone(), trust.clone());
+    let (trust_tx, trust_rx) = tokio::sync::watch::channel(configs.trust_generation());
+    configs.on_trust_change(move |generation| {
+        trust_tx.send_replace(generation);
+    });
     let graceful = GracefulShutdown::new();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -190,8 +192,12 @@ async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let acceptor = acceptor.clone();
+        // The configuration current now: the trust and session cache of this moment.
+        let acceptor = TlsAcceptor::from(configs.current());
         let identity = identity.clone();
+        let configs = configs.clone();
+        let mut trust_changes = trust_rx.clone();
+        let drop_untrusted = args.drop_untrusted;
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let tls =
@@ -206,21 +212,52 @@ async fn serve(
                         return;
                     }
                 };
-            let client = tls
+            let chain: Vec<CertificateDer<'static>> = tls
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|chain| chain.first())
+                .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+                .unwrap_or_default();
+            let client = chain
+                .first()
                 .and_then(|der| CertInfo::parse(std::path::Path::new("peer"), 1, der).ok());
             let client = Arc::new(client);
+            let subject = client.as_ref().as_ref().map(|c| c.subject.clone());
             let service = hyper::service::service_fn(move |req| {
                 let response = respond(&req, &client, &identity);
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, "connection ended with an error: {e}");
+            let served = watcher.watch(conn.into_owned());
+            // With --drop-untrusted, a trust change re-checks this connection's client
+            // certificate; if the new trust refuses it, the connection is dropped (closed).
+            let untrusted = async {
+                if !drop_untrusted || chain.is_empty() {
+                    return std::future::pending::<rustls::Error>().await;
+                }
+                loop {
+                    if trust_changes.changed().await.is_err() {
+                        return std::future::pending().await;
+                    }
+                    if let Err(e) = configs.verify_client(&chain) {
+                        return e;
+                    }
+                }
+            };
+            tokio::select! {
+                result = served => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, "connection ended with an error: {e}");
+                    }
+                }
+                reason = untrusted => {
+                    tracing::warn!(
+                        %peer,
+                        client = subject.as_deref().unwrap_or("?"),
+                        "closing open connection: the new trust refuses its client certificate: {reason}"
+                    );
+                }
             }
         });
     }
@@ -264,8 +301,8 @@ fn respond(
     }
 }
 
-/// Reloads the identity on every SIGHUP, whatever the detection mode.
-fn spawn_sighup_reload(identity: ReloadingIdentity) {
+/// Reloads the identity and trust on every SIGHUP, whatever the detection mode.
+fn spawn_sighup_reload(identity: ReloadingIdentity, trust: Option<ReloadingTrust>) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -279,13 +316,27 @@ fn spawn_sighup_reload(identity: ReloadingIdentity) {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading");
             let identity = identity.clone();
+            let trust = trust.clone();
             // reload() may sleep for the quiet period: keep it off the async workers.
-            match tokio::task::spawn_blocking(move || identity.reload()).await {
-                Ok(Ok(outcome)) => tracing::info!("SIGHUP reload: {outcome:?}"),
-                Ok(Err(e)) => {
-                    tracing::warn!("SIGHUP reload failed, keeping the last good identity: {e}")
+            let done = tokio::task::spawn_blocking(move || {
+                match identity.reload() {
+                    Ok(outcome) => tracing::info!("SIGHUP identity reload: {outcome:?}"),
+                    Err(e) => tracing::warn!(
+                        "SIGHUP identity reload failed, keeping the last good identity: {e}"
+                    ),
                 }
-                Err(e) => tracing::warn!("SIGHUP reload task failed: {e}"),
+                if let Some(trust) = trust {
+                    match trust.reload() {
+                        Ok(outcome) => tracing::info!("SIGHUP trust reload: {outcome:?}"),
+                        Err(e) => tracing::warn!(
+                            "SIGHUP trust reload failed, keeping the last good trust: {e}"
+                        ),
+                    }
+                }
+            })
+            .await;
+            if let Err(e) = done {
+                tracing::warn!("SIGHUP reload task failed: {e}");
             }
         }
     });
