@@ -36,10 +36,11 @@ fn setup(dir: &Path, ca_file: &Path, crls: &[&Path]) -> Setup {
     let identity = ReloadingIdentity::builder(IdentitySource::bundle(&bundle))
         .build()
         .unwrap();
-    let trust = ReloadingTrust::builder(TrustSource::cas([ca_file]).with_crls(crls.iter().copied()))
-        .detection(Detection::Watch)
-        .build()
-        .unwrap();
+    let trust =
+        ReloadingTrust::builder(TrustSource::cas([ca_file]).with_crls(crls.iter().copied()))
+            .detection(Detection::Watch)
+            .build()
+            .unwrap();
     let configs = ReloadingServerConfig::builder(identity.resolver())
         .client_trust(trust.clone())
         .build()
@@ -55,7 +56,11 @@ fn setup(dir: &Path, ca_file: &Path, crls: &[&Path]) -> Setup {
     }
 }
 
-fn client(server_ca: &Ca, leaf: &Leaf, versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
+fn client(
+    server_ca: &Ca,
+    leaf: &Leaf,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(server_ca.rustls_cert()).unwrap();
     Arc::new(
@@ -119,13 +124,24 @@ fn client_ca_rotation_without_restart() {
     let c2 = tls13(&s.server_ca, &client2);
 
     connect(s.server.addr, &c1, "localhost").expect("CA1 client accepted");
-    assert!(connect(s.server.addr, &c2, "localhost").is_err(), "CA2 client must be refused");
-    assert_eq!(requested_cas(&s, &client1), HashSet::from([ca1.subject_der()]));
+    assert!(
+        connect(s.server.addr, &c2, "localhost").is_err(),
+        "CA2 client must be refused"
+    );
+    assert_eq!(
+        requested_cas(&s, &client1),
+        HashSet::from([ca1.subject_der()])
+    );
     let mut open_ca1 = connect(s.server.addr, &c1, "localhost").unwrap();
 
     // CA1 + CA2: the CA2 client gets in, with no restart.
-    write_atomic(&ca_file, format!("{}{}", ca1.cert_pem(), ca2.cert_pem()).as_bytes());
-    wait_for("CA2 client accepted", PATIENCE, || connect(s.server.addr, &c2, "localhost").ok());
+    write_atomic(
+        &ca_file,
+        format!("{}{}", ca1.cert_pem(), ca2.cert_pem()).as_bytes(),
+    );
+    wait_for("CA2 client accepted", PATIENCE, || {
+        connect(s.server.addr, &c2, "localhost").ok()
+    });
     connect(s.server.addr, &c1, "localhost").expect("CA1 client still accepted");
     assert_eq!(
         requested_cas(&s, &client1),
@@ -136,11 +152,18 @@ fn client_ca_rotation_without_restart() {
     // CA2 only: CA1 clients refused on new handshakes; the open CA1 connection keeps working.
     write_atomic(&ca_file, ca2.cert_pem().as_bytes());
     wait_for("CA1 client refused", PATIENCE, || {
-        connect(s.server.addr, &c1, "localhost").is_err().then_some(())
+        connect(s.server.addr, &c1, "localhost")
+            .is_err()
+            .then_some(())
     });
     connect(s.server.addr, &c2, "localhost").expect("CA2 client accepted");
-    assert_eq!(requested_cas(&s, &client2), HashSet::from([ca2.subject_der()]));
-    open_ca1.ping().expect("a connection opened before the change keeps working");
+    assert_eq!(
+        requested_cas(&s, &client2),
+        HashSet::from([ca2.subject_der()])
+    );
+    open_ca1
+        .ping()
+        .expect("a connection opened before the change keeps working");
     assert_eq!(s.trust.status().generation, 3);
 }
 
@@ -160,11 +183,18 @@ fn revocation_cannot_be_bypassed(versions: &[&'static rustls::SupportedProtocolV
     assert!(!first.resumed);
     // Control: without a trust change this client does resume.
     let second = connect(s.server.addr, &config, "localhost").expect("resumes before revocation");
-    assert!(second.resumed, "{versions:?}: control failed, the client did not resume");
+    assert!(
+        second.resumed,
+        "{versions:?}: control failed, the client did not resume"
+    );
 
     let generation = s.configs.trust_generation();
     // DER this time: CRLs are read in either form.
-    write_atomic(&crl_file, &ca.crl(&[revoked.serial.clone()], TimeDuration::hours(1)).der);
+    write_atomic(
+        &crl_file,
+        &ca.crl(&[revoked.serial.clone()], TimeDuration::hours(1))
+            .der,
+    );
     wait_for("the CRL to be applied", PATIENCE, || {
         (s.configs.trust_generation() > generation).then_some(())
     });
@@ -176,8 +206,12 @@ fn revocation_cannot_be_bypassed(versions: &[&'static rustls::SupportedProtocolV
             r.as_ref().map(|c| c.resumed)
         );
     }
-    connect(s.server.addr, &client(&s.server_ca, &other, versions), "localhost")
-        .expect("a client that is not revoked still gets in");
+    connect(
+        s.server.addr,
+        &client(&s.server_ca, &other, versions),
+        "localhost",
+    )
+    .expect("a client that is not revoked still gets in");
     assert_eq!(s.trust.current().unwrap().value.crls()[0].revoked, 1);
 }
 
@@ -200,7 +234,12 @@ fn bad_trust_input_keeps_the_last_good_trust() {
     let ca_file = dir.path().join("clients-ca.pem");
     let crl_file = dir.path().join("clients.crl");
     fs::write(&ca_file, ca.cert_pem()).unwrap();
-    fs::write(&crl_file, ca.crl(&[revoked.serial.clone()], TimeDuration::hours(1)).pem).unwrap();
+    fs::write(
+        &crl_file,
+        ca.crl(&[revoked.serial.clone()], TimeDuration::hours(1))
+            .pem,
+    )
+    .unwrap();
     let s = setup(dir.path(), &ca_file, &[&crl_file]);
     let good_client = tls13(&s.server_ca, &good);
     let revoked_client = tls13(&s.server_ca, &revoked);
@@ -220,7 +259,10 @@ fn bad_trust_input_keeps_the_last_good_trust() {
             None => fs::remove_file(path).unwrap(),
         }
         let err = s.trust.reload().expect_err(what);
-        assert!(err.to_string().contains(path.to_str().unwrap()), "{what}: {err}");
+        assert!(
+            err.to_string().contains(path.to_str().unwrap()),
+            "{what}: {err}"
+        );
         connect(s.server.addr, &good_client, "localhost")
             .unwrap_or_else(|e| panic!("{what}: good client refused: {e}"));
         assert!(
@@ -231,7 +273,11 @@ fn bad_trust_input_keeps_the_last_good_trust() {
         write_atomic(path, &saved);
         s.trust.reload().unwrap();
     }
-    assert_eq!(s.trust.status().generation, 1, "identical content never bumps the generation");
+    assert_eq!(
+        s.trust.status().generation,
+        1,
+        "identical content never bumps the generation"
+    );
 }
 
 #[test]
@@ -246,7 +292,11 @@ fn client_identity_is_chosen_by_the_cas_the_server_asks_for() {
     for (name, leaf) in [("one", &leaf1), ("two", &leaf2)] {
         let path = dir.path().join(format!("{name}.pem"));
         fs::write(&path, leaf.bundle_pem(KeyFormat::Pkcs8)).unwrap();
-        identities.push(ReloadingIdentity::builder(IdentitySource::bundle(path)).build().unwrap());
+        identities.push(
+            ReloadingIdentity::builder(IdentitySource::bundle(path))
+                .build()
+                .unwrap(),
+        );
     }
     let resolver = Arc::new(ClientIdentityResolver::new(identities));
 
@@ -270,8 +320,14 @@ fn client_identity_is_chosen_by_the_cas_the_server_asks_for() {
                 assert_eq!(seen, vec![leaf.fingerprint_sha256_hex()]);
             }
             None => {
-                assert!(result.is_err(), "no identity fits, none is sent, the server refuses");
-                assert!(seen.is_empty(), "no certificate must have been sent: {seen:?}");
+                assert!(
+                    result.is_err(),
+                    "no identity fits, none is sent, the server refuses"
+                );
+                assert!(
+                    seen.is_empty(),
+                    "no certificate must have been sent: {seen:?}"
+                );
             }
         }
     }

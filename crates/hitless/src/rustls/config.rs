@@ -40,10 +40,7 @@ struct Inner<C> {
 }
 
 impl<C: Send + Sync + 'static> Inner<C> {
-    fn start(
-        trust: Option<ReloadingTrust>,
-        build: Build<C>,
-    ) -> Result<Arc<Self>, Error> {
+    fn start(trust: Option<ReloadingTrust>, build: Build<C>) -> Result<Arc<Self>, Error> {
         let first = build(trust.as_ref())?;
         let generation = trust.as_ref().map_or(0, |t| t.status().generation);
         let inner = Arc::new(Inner {
