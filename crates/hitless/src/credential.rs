@@ -433,3 +433,272 @@ impl ReloadingTrust {
 
     common_handle_methods!(Trust);
 }
+
+/// Options of one identity in a [`ServerIdentities`] set.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct MemberOptions {
+    /// A name for logs and status (default: the certificate file's path).
+    pub name: Option<String>,
+    /// Serve this identity for these names instead of its certificate's DNS names.
+    pub names: Option<Vec<String>>,
+    /// Serve this identity to clients without SNI or with an unknown name.
+    pub default: bool,
+}
+
+impl MemberOptions {
+    /// Options with this name.
+    pub fn named(name: impl Into<String>) -> Self {
+        MemberOptions {
+            name: Some(name.into()),
+            ..MemberOptions::default()
+        }
+    }
+
+    /// Marks the identity as the default one.
+    pub fn default_identity(mut self, default: bool) -> Self {
+        self.default = default;
+        self
+    }
+
+    /// Overrides the names the identity is served for.
+    pub fn names(mut self, names: Vec<String>) -> Self {
+        self.names = Some(names);
+        self
+    }
+}
+
+struct Member {
+    reloading: Arc<Reloading<IdentityLoader>>,
+    names: Option<Vec<String>>,
+    is_default: bool,
+}
+
+pub(crate) struct SetInner {
+    members: Vec<Member>,
+    pub(crate) index: arc_swap::ArcSwap<crate::rustls::SniIndex>,
+    rebuild_lock: Mutex<()>,
+    quiet: Duration,
+    /// Set once, right after the set exists (the detector needs the members' weak handles).
+    detector: std::sync::OnceLock<Option<Detector>>,
+}
+
+impl SetInner {
+    fn rebuild(&self) {
+        let _serialise = lock(&self.rebuild_lock);
+        let snapshots: Vec<_> = self
+            .members
+            .iter()
+            .map(|m| (m.reloading.current.load_full(), m))
+            .collect();
+        let entries: Vec<crate::rustls::IndexEntry<'_>> = snapshots
+            .iter()
+            .filter_map(|(s, m)| {
+                s.as_ref().map(|s| crate::rustls::IndexEntry {
+                    identity: &s.value,
+                    names: m.names.as_deref(),
+                    is_default: m.is_default,
+                })
+            })
+            .collect();
+        self.index
+            .store(Arc::new(crate::rustls::SniIndex::build(&entries)));
+    }
+}
+
+/// Several server identities, each reloading on its own, served by SNI.
+///
+/// One broken identity never affects the others: each keeps its own last known good value.
+/// All identities share one detector thread. See [`SniResolver`](crate::SniResolver) for the
+/// selection rules.
+///
+/// ```no_run
+/// use hitless::{IdentitySource, MemberOptions, ServerIdentities};
+/// # fn main() -> Result<(), hitless::Error> {
+/// let identities = ServerIdentities::builder()
+///     .identity(IdentitySource::bundle("api.pem"), MemberOptions::named("api").default_identity(true))
+///     .identity(IdentitySource::bundle("wildcard.pem"), MemberOptions::named("wildcard"))
+///     .build()?;
+/// let config = rustls::ServerConfig::builder()
+///     .with_no_client_auth()
+///     .with_cert_resolver(identities.resolver());
+/// # let _ = config; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ServerIdentities {
+    pub(crate) inner: Arc<SetInner>,
+}
+
+impl std::fmt::Debug for ServerIdentities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerIdentities")
+            .field("members", &self.inner.members.len())
+            .finish()
+    }
+}
+
+/// Builds [`ServerIdentities`].
+#[must_use]
+pub struct ServerIdentitiesBuilder {
+    members: Vec<(IdentitySource, MemberOptions)>,
+    options: Options,
+    accept_expired: bool,
+    provider: Option<Arc<CryptoProvider>>,
+}
+
+impl ServerIdentitiesBuilder {
+    common_builder_methods!();
+
+    /// Adds an identity; the order of calls is the selection order.
+    pub fn identity(mut self, source: IdentitySource, options: MemberOptions) -> Self {
+        self.members.push((source, options));
+        self
+    }
+
+    /// Accept leaves that are expired or not yet valid (default: refuse them).
+    pub fn accept_expired(mut self, accept: bool) -> Self {
+        self.accept_expired = accept;
+        self
+    }
+
+    /// The rustls crypto provider used to load keys.
+    pub fn crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+
+    /// Loads every identity (failing with the first bad one's file and reason, unless
+    /// `allow_empty_start`), builds the index, then starts one detector for all.
+    pub fn build(self) -> Result<ServerIdentities, Error> {
+        if self.members.is_empty() {
+            return Err(Error::NotLoaded {
+                name: self.options.name.unwrap_or_else(|| "identities".into()),
+            });
+        }
+        let provider = self.provider.unwrap_or_else(default_provider);
+        let mut members = Vec::with_capacity(self.members.len());
+        for (source, member) in self.members {
+            let name = member
+                .name
+                .clone()
+                .unwrap_or_else(|| source.cert_path().display().to_string());
+            let loader = IdentityLoader {
+                source,
+                rules: Validation {
+                    accept_expired: self.accept_expired,
+                    provider: provider.clone(),
+                },
+                warned_modes: Mutex::default(),
+                warned_run_together: Mutex::default(),
+            };
+            let events = Events::default();
+            for c in &self.options.callbacks {
+                events.subscribe(c.clone());
+            }
+            let reloading = Arc::new(Reloading::new(
+                name,
+                loader,
+                self.options.detection.name().to_string(),
+                events,
+            ));
+            if let Attempt::Failed { error, .. } = reloading.attempt(true) {
+                if !self.options.allow_empty {
+                    return Err(error);
+                }
+            }
+            members.push(Member {
+                reloading,
+                names: member.names,
+                is_default: member.default,
+            });
+        }
+        let targets: Vec<std::sync::Weak<dyn Target>> = members
+            .iter()
+            .map(|m| {
+                let t: Arc<dyn Target> = m.reloading.clone();
+                Arc::downgrade(&t)
+            })
+            .collect();
+        let inner = Arc::new(SetInner {
+            members,
+            index: arc_swap::ArcSwap::from_pointee(crate::rustls::SniIndex::default()),
+            rebuild_lock: Mutex::new(()),
+            quiet: self.options.quiet,
+            detector: std::sync::OnceLock::new(),
+        });
+        // Any member's reload rebuilds the index (on the detector thread, off the handshake
+        // path). Weak: the subscription must not keep the set alive.
+        let weak = Arc::downgrade(&inner);
+        for m in &inner.members {
+            let weak = weak.clone();
+            m.reloading.events.subscribe(Arc::new(move |event| {
+                if let Event::Reloaded { .. } = event {
+                    if let Some(inner) = weak.upgrade() {
+                        inner.rebuild();
+                    }
+                }
+            }));
+        }
+        inner.rebuild();
+        let detector = detect::spawn(
+            self.options.detection,
+            self.options.quiet,
+            targets,
+            "hitless-detect identities".into(),
+        )?;
+        let _ = inner.detector.set(detector);
+        Ok(ServerIdentities { inner })
+    }
+}
+
+impl ServerIdentities {
+    /// Starts building a set of identities.
+    pub fn builder() -> ServerIdentitiesBuilder {
+        ServerIdentitiesBuilder {
+            members: Vec::new(),
+            options: Options::default(),
+            accept_expired: false,
+            provider: None,
+        }
+    }
+
+    /// A resolver choosing by SNI (clients without SNI get the default identity).
+    pub fn resolver(&self) -> Arc<crate::rustls::SniResolver> {
+        Arc::new(crate::rustls::SniResolver::new(self.clone(), None))
+    }
+
+    /// A resolver for a listener bound to `ip`: clients without SNI get an identity with that
+    /// IP address in its subjectAltName, else the default one.
+    pub fn resolver_for_ip(&self, ip: std::net::IpAddr) -> Arc<crate::rustls::SniResolver> {
+        Arc::new(crate::rustls::SniResolver::new(self.clone(), Some(ip)))
+    }
+
+    /// Each identity's status and current value, in the order given.
+    pub fn members(&self) -> Vec<(Status, Option<Arc<Snapshot<Identity>>>)> {
+        self.inner
+            .members
+            .iter()
+            .map(|m| (m.reloading.status(), m.reloading.current.load_full()))
+            .collect()
+    }
+
+    /// Reloads every identity now (see [`ReloadingIdentity::reload`]); one result each.
+    pub fn reload(&self) -> Vec<Result<Reload, Error>> {
+        self.inner
+            .members
+            .iter()
+            .map(|m| {
+                let mut outcome = m.reloading.attempt(false);
+                if let Attempt::Failed { .. } = outcome {
+                    std::thread::sleep(self.inner.quiet);
+                    outcome = m.reloading.attempt(true);
+                }
+                match outcome {
+                    Attempt::Unchanged => Ok(Reload::Unchanged),
+                    Attempt::Reloaded(generation) => Ok(Reload::Reloaded { generation }),
+                    Attempt::Failed { error, .. } => Err(error),
+                }
+            })
+            .collect()
+    }
+}

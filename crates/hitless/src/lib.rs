@@ -63,9 +63,12 @@ mod trust;
 
 pub use crate::rustls::{
     ClientConfigBuilder, ClientIdentityResolver, IdentityResolver, ReloadingClientConfig,
-    ReloadingServerConfig, ReloadingServerVerifier, ServerConfigBuilder,
+    ReloadingServerConfig, ReloadingServerVerifier, ServerConfigBuilder, SniResolver,
 };
-pub use credential::{IdentityBuilder, Reload, ReloadingIdentity, ReloadingTrust, TrustBuilder};
+pub use credential::{
+    IdentityBuilder, MemberOptions, Reload, ReloadingIdentity, ReloadingTrust, ServerIdentities,
+    ServerIdentitiesBuilder, TrustBuilder,
+};
 pub use detect::Detection;
 pub use error::Error;
 pub use identity::{CertInfo, Identity};

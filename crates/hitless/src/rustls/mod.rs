@@ -6,9 +6,12 @@
 mod client;
 mod config;
 mod server;
+mod sni;
 
 pub use client::{ClientIdentityResolver, ReloadingServerVerifier};
 pub use config::{
     ClientConfigBuilder, ReloadingClientConfig, ReloadingServerConfig, ServerConfigBuilder,
 };
 pub use server::IdentityResolver;
+pub use sni::SniResolver;
+pub(crate) use sni::{IndexEntry, SniIndex};
