@@ -192,8 +192,11 @@ fn revocation_cannot_be_bypassed(versions: &[&'static rustls::SupportedProtocolV
     // DER this time: CRLs are read in either form.
     write_atomic(
         &crl_file,
-        &ca.crl(&[revoked.serial.clone()], TimeDuration::hours(1))
-            .der,
+        &ca.crl(
+            std::slice::from_ref(&revoked.serial),
+            TimeDuration::hours(1),
+        )
+        .der,
     );
     wait_for("the CRL to be applied", PATIENCE, || {
         (s.configs.trust_generation() > generation).then_some(())
@@ -236,8 +239,11 @@ fn bad_trust_input_keeps_the_last_good_trust() {
     fs::write(&ca_file, ca.cert_pem()).unwrap();
     fs::write(
         &crl_file,
-        ca.crl(&[revoked.serial.clone()], TimeDuration::hours(1))
-            .pem,
+        ca.crl(
+            std::slice::from_ref(&revoked.serial),
+            TimeDuration::hours(1),
+        )
+        .pem,
     )
     .unwrap();
     let s = setup(dir.path(), &ca_file, &[&crl_file]);
