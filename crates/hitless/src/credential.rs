@@ -101,6 +101,8 @@ impl Load for IdentityLoader {
 pub(crate) struct Shared<L: Load> {
     pub(crate) reloading: Arc<Reloading<L>>,
     quiet: Duration,
+    /// `on-handshake` mode: the inline check the handshake path calls.
+    pub(crate) on_handshake: Option<detect::OnHandshake>,
     _detector: Option<Detector>,
 }
 
@@ -149,6 +151,12 @@ impl<L: Load> Shared<L> {
             }
         }
         let target: Arc<dyn Target> = reloading.clone();
+        let on_handshake = match options.detection {
+            Detection::OnHandshake { ttl } => {
+                Some(detect::OnHandshake::new(ttl, vec![Arc::downgrade(&target)]))
+            }
+            _ => None,
+        };
         let detector = detect::spawn(
             options.detection,
             options.quiet,
@@ -158,6 +166,7 @@ impl<L: Load> Shared<L> {
         Ok(Arc::new(Shared {
             reloading,
             quiet: options.quiet,
+            on_handshake,
             _detector: detector,
         }))
     }
@@ -479,6 +488,8 @@ pub(crate) struct SetInner {
     pub(crate) index: arc_swap::ArcSwap<crate::rustls::SniIndex>,
     rebuild_lock: Mutex<()>,
     quiet: Duration,
+    /// `on-handshake` mode: the inline check the resolver calls.
+    pub(crate) on_handshake: Option<detect::OnHandshake>,
     /// Set once, right after the set exists (the detector needs the members' weak handles).
     detector: std::sync::OnceLock<Option<Detector>>,
 }
@@ -619,7 +630,12 @@ impl ServerIdentitiesBuilder {
                 Arc::downgrade(&t)
             })
             .collect();
+        let on_handshake = match self.options.detection {
+            Detection::OnHandshake { ttl } => Some(detect::OnHandshake::new(ttl, targets.clone())),
+            _ => None,
+        };
         let inner = Arc::new(SetInner {
+            on_handshake,
             members,
             index: arc_swap::ArcSwap::from_pointee(crate::rustls::SniIndex::default()),
             rebuild_lock: Mutex::new(()),

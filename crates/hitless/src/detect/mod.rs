@@ -15,12 +15,17 @@
 //!   the reload the way a debounce would.
 //! - [`Detection::Poll`]: every interval (±10% jitter, so a fleet does not poll in step), compare
 //!   each file's (device, inode, size, mtime) through its symlinks; attempt when one changed.
+//! - [`Detection::OnHandshake`]: no thread; a handshake looks at most once per TTL, inline,
+//!   and never waits (see `on_handshake`).
 //! - [`Detection::Manual`]: no thread; call `reload()`.
 //!
 //! Failures that persist are retried with backoff (1 s doubling to 30 s): a certificate that is
 //! not valid yet becomes good by itself.
 
+mod on_handshake;
 mod watch;
+
+pub(crate) use on_handshake::OnHandshake;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -45,6 +50,12 @@ pub enum Detection {
         /// Time between two checks.
         interval: Duration,
     },
+    /// No background thread: a handshake looks at the files (one `stat` each) at most once per
+    /// `ttl`, inline, and never waits for a check another handshake is running.
+    OnHandshake {
+        /// Minimum time between two checks.
+        ttl: Duration,
+    },
     /// Never look by itself: call `reload()` (or send `SIGHUP` to the command).
     Manual,
 }
@@ -55,6 +66,7 @@ impl Detection {
         match self {
             Detection::Watch => "watch",
             Detection::Poll { .. } => "poll",
+            Detection::OnHandshake { .. } => "on-handshake",
             Detection::Manual => "manual",
         }
     }
@@ -62,6 +74,8 @@ impl Detection {
 
 /// Default time a failing read waits before it is retried and, if it still fails, reported.
 pub const DEFAULT_QUIET_PERIOD: Duration = Duration::from_millis(200);
+/// Default TTL of `on-handshake` checks.
+pub const DEFAULT_ON_HANDSHAKE_TTL: Duration = Duration::from_secs(1);
 /// Default poll interval.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -165,7 +179,7 @@ pub(crate) fn spawn(
     targets: Vec<Weak<dyn Target>>,
     thread_name: String,
 ) -> Result<Option<Detector>, crate::Error> {
-    if detection == Detection::Manual {
+    if matches!(detection, Detection::Manual | Detection::OnHandshake { .. }) {
         return Ok(None);
     }
     let (tx, rx) = mpsc::channel();
@@ -194,7 +208,7 @@ pub(crate) fn spawn(
         Detection::Poll { interval } => thread::Builder::new()
             .name(thread_name)
             .spawn(move || poll_loop(rx, tracked, interval, quiet)),
-        Detection::Manual => return Ok(None),
+        Detection::Manual | Detection::OnHandshake { .. } => return Ok(None),
     }
     .map_err(|e| crate::Error::Watch {
         path: PathBuf::from("."),

@@ -37,6 +37,9 @@ impl ResolvesClientCert for ClientIdentityResolver {
     ) -> Option<Arc<CertifiedKey>> {
         let mut loaded = 0;
         for identity in &self.identities {
+            if let Some(check) = &identity.shared.on_handshake {
+                check.maybe_check();
+            }
             let current = identity.shared.reloading.current.load();
             let Some(snapshot) = current.as_ref() else {
                 continue;

@@ -180,8 +180,17 @@ impl ReloadingServerConfig {
         }
     }
 
-    /// The configuration to accept a new connection with: one atomic load.
+    /// The configuration to accept a new connection with: one atomic load (plus, in
+    /// `on-handshake` mode, the trust's at-most-once-per-TTL check).
     pub fn current(&self) -> Arc<ServerConfig> {
+        if let Some(check) = self
+            .inner
+            .trust
+            .as_ref()
+            .and_then(|t| t.shared.on_handshake.as_ref())
+        {
+            check.maybe_check();
+        }
         self.inner.current.load_full()
     }
 
@@ -295,8 +304,17 @@ impl ReloadingClientConfig {
         }
     }
 
-    /// The configuration for a new connection: one atomic load.
+    /// The configuration for a new connection: one atomic load (plus, in `on-handshake` mode,
+    /// the trust's at-most-once-per-TTL check).
     pub fn current(&self) -> Arc<ClientConfig> {
+        if let Some(check) = self
+            .inner
+            .trust
+            .as_ref()
+            .and_then(|t| t.shared.on_handshake.as_ref())
+        {
+            check.maybe_check();
+        }
         self.inner.current.load_full()
     }
 }

@@ -30,6 +30,9 @@ impl IdentityResolver {
 
 impl ResolvesServerCert for IdentityResolver {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(check) = &self.identity.shared.on_handshake {
+            check.maybe_check();
+        }
         self.identity
             .shared
             .reloading

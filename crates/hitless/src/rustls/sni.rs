@@ -189,6 +189,9 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(check) = &self.identities.inner.on_handshake {
+            check.maybe_check();
+        }
         let index = self.identities.inner.index.load();
         index
             .choose(
