@@ -57,6 +57,12 @@ impl Load for IdentityLoader {
     }
 
     fn load(&self, files: &files::Snapshot) -> Result<Identity, Error> {
+        if let IdentitySource::Pkcs12 { path, password } = &self.source {
+            let password = password.resolve(path, files)?;
+            let (certs, key) =
+                crate::source::pkcs12::identity(path, files.contents(path), &password)?;
+            return Identity::from_der(path, &certs, path, key, &self.rules);
+        }
         let cert_path = self.source.cert_path();
         let key_path = self.source.key_path();
         let certs = pem::parse(cert_path, files.contents(cert_path))?;

@@ -121,6 +121,22 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A PKCS#12 file could not be read (corrupt, unsupported algorithm, ...).
+    #[error("{path}: invalid PKCS#12: {reason}")]
+    Pkcs12 {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+
+    /// The PKCS#12 password is wrong (its integrity check failed).
+    #[error("{path}: wrong PKCS#12 password (integrity check failed)")]
+    WrongPassword {
+        /// The file.
+        path: PathBuf,
+    },
+
     /// The file-system watcher could not be set up.
     #[error("{path}: cannot watch for changes: {reason}")]
     Watch {
@@ -172,6 +188,8 @@ impl Error {
             | Error::Expired { path, .. }
             | Error::NotYetValid { path, .. }
             | Error::Unstable { path }
+            | Error::Pkcs12 { path, .. }
+            | Error::WrongPassword { path }
             | Error::Watch { path, .. }
             | Error::Trust { path, .. }
             | Error::Crl { path, .. } => Some(path),

@@ -73,5 +73,5 @@ pub use detect::Detection;
 pub use error::Error;
 pub use identity::{CertInfo, Identity};
 pub use snapshot::{Event, EventCallback, LastError, Snapshot, Status};
-pub use source::IdentitySource;
+pub use source::{IdentitySource, Password};
 pub use trust::{CrlInfo, Trust, TrustSource};

@@ -197,6 +197,8 @@ pub struct TrustSource {
     pub ca_files: Vec<PathBuf>,
     /// CRL files, PEM or DER.
     pub crl_files: Vec<PathBuf>,
+    /// PKCS#12 trust stores (e.g. a Java `truststore.p12`), with their passwords.
+    pub pkcs12_files: Vec<(PathBuf, crate::Password)>,
 }
 
 impl TrustSource {
@@ -204,8 +206,14 @@ impl TrustSource {
     pub fn cas<P: Into<PathBuf>>(files: impl IntoIterator<Item = P>) -> Self {
         TrustSource {
             ca_files: files.into_iter().map(Into::into).collect(),
-            crl_files: Vec::new(),
+            ..TrustSource::default()
         }
+    }
+
+    /// And trust every certificate of this PKCS#12 trust store.
+    pub fn with_pkcs12(mut self, path: impl Into<PathBuf>, password: crate::Password) -> Self {
+        self.pkcs12_files.push((path.into(), password));
+        self
     }
 
     /// And apply these CRLs (PEM or DER).
@@ -242,6 +250,10 @@ impl Load for TrustLoader {
 
     fn paths(&self) -> Vec<PathBuf> {
         let mut p = self.source.ca_files.clone();
+        for (store, password) in &self.source.pkcs12_files {
+            p.push(store.clone());
+            p.extend(password.path().map(Path::to_path_buf));
+        }
         p.extend(self.source.crl_files.iter().cloned());
         p
     }
@@ -258,6 +270,23 @@ impl Load for TrustLoader {
                 });
             }
             cas.extend(sections.certs.into_iter().map(|c| (path.clone(), c)));
+        }
+        for (path, password) in &self.source.pkcs12_files {
+            let password = password.resolve(path, files)?;
+            let certs = crate::source::pkcs12::certificates(path, files.contents(path), &password)?;
+            if certs.is_empty() {
+                return Err(Error::Trust {
+                    path: path.clone(),
+                    reason: "no certificate in the PKCS#12 trust store".into(),
+                });
+            }
+            cas.extend(certs.into_iter().map(|c| (path.clone(), c)));
+        }
+        if cas.is_empty() {
+            return Err(Error::Trust {
+                path: self.paths().first().cloned().unwrap_or_default(),
+                reason: "no CA file given".into(),
+            });
         }
         let mut crls = Vec::new();
         for path in &self.source.crl_files {

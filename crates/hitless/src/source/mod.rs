@@ -6,6 +6,9 @@
 
 pub(crate) mod files;
 pub(crate) mod pem;
+pub(crate) mod pkcs12;
+
+pub use pkcs12::Password;
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +38,13 @@ pub enum IdentitySource {
         /// The bundle file.
         path: PathBuf,
     },
+    /// A PKCS#12 (`.p12`/`.pfx`) keystore; its first key entry with its chain.
+    Pkcs12 {
+        /// The keystore file.
+        path: PathBuf,
+        /// Where its password comes from.
+        password: Password,
+    },
 }
 
 impl IdentitySource {
@@ -51,11 +61,24 @@ impl IdentitySource {
         IdentitySource::Bundle { path: path.into() }
     }
 
+    /// A PKCS#12 keystore with its password.
+    pub fn pkcs12(path: impl Into<PathBuf>, password: Password) -> Self {
+        IdentitySource::Pkcs12 {
+            path: path.into(),
+            password,
+        }
+    }
+
     /// The files this source reads, in reading order.
     pub fn paths(&self) -> Vec<&Path> {
         match self {
             IdentitySource::Pair { cert, key } => vec![cert.as_path(), key.as_path()],
             IdentitySource::Bundle { path } => vec![path.as_path()],
+            IdentitySource::Pkcs12 { path, password } => {
+                let mut p = vec![path.as_path()];
+                p.extend(password.path());
+                p
+            }
         }
     }
 
@@ -63,7 +86,7 @@ impl IdentitySource {
     pub(crate) fn key_path(&self) -> &Path {
         match self {
             IdentitySource::Pair { key, .. } => key,
-            IdentitySource::Bundle { path } => path,
+            IdentitySource::Bundle { path } | IdentitySource::Pkcs12 { path, .. } => path,
         }
     }
 
@@ -71,7 +94,7 @@ impl IdentitySource {
     pub(crate) fn cert_path(&self) -> &Path {
         match self {
             IdentitySource::Pair { cert, .. } => cert,
-            IdentitySource::Bundle { path } => path,
+            IdentitySource::Bundle { path } | IdentitySource::Pkcs12 { path, .. } => path,
         }
     }
 }
