@@ -91,6 +91,10 @@ impl Load for IdentityLoader {
         value.leaf().fingerprint.clone()
     }
 
+    fn validity(value: &Identity) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+        Some((value.leaf().not_before, value.leaf().not_after))
+    }
+
     fn describe(value: &Identity) -> String {
         let leaf = value.leaf();
         format!(
@@ -119,6 +123,7 @@ pub(crate) struct Options {
     pub(crate) quiet: Duration,
     pub(crate) callbacks: Vec<EventCallback>,
     pub(crate) allow_empty: bool,
+    pub(crate) expiring_soon: f64,
 }
 
 impl Default for Options {
@@ -129,6 +134,7 @@ impl Default for Options {
             quiet: DEFAULT_QUIET_PERIOD,
             callbacks: Vec::new(),
             allow_empty: false,
+            expiring_soon: crate::reload::DEFAULT_EXPIRING_SOON,
         }
     }
 }
@@ -145,12 +151,14 @@ impl<L: Load> Shared<L> {
         for c in options.callbacks {
             events.subscribe(c);
         }
-        let reloading = Arc::new(Reloading::new(
+        let mut reloading = Reloading::new(
             name.clone(),
             loader,
             options.detection.name().to_string(),
             events,
-        ));
+        );
+        reloading.expiring_soon = options.expiring_soon;
+        let reloading = Arc::new(reloading);
         if let Attempt::Failed { error, .. } = reloading.attempt(true) {
             if !options.allow_empty {
                 return Err(error);
@@ -225,6 +233,13 @@ macro_rules! common_builder_methods {
             self
         }
 
+        /// Announce "expiring soon" when less than this fraction of the certificate's lifetime
+        /// is left (default 1/3, what agents renew at).
+        pub fn expiring_soon(mut self, fraction: f64) -> Self {
+            self.options.expiring_soon = fraction;
+            self
+        }
+
         /// Start even if the first load fails (a sidecar agent has not written yet): nothing is
         /// served until the first good write (default: `build` fails with the file and the
         /// reason).
@@ -254,6 +269,12 @@ macro_rules! common_handle_methods {
         /// last good value keeps being served either way.
         pub fn reload(&self) -> Result<Reload, Error> {
             self.shared.reload()
+        }
+
+        /// Announces "expiring soon"/"expired" now if due (the detector thread does this by
+        /// itself in `watch` and `poll` modes; call it periodically in the other modes).
+        pub fn check_expiry(&self) {
+            let _ = self.shared.reloading.check_expiry();
         }
 
         /// Calls `callback` on every later [`Event`].
@@ -612,12 +633,14 @@ impl ServerIdentitiesBuilder {
             for c in &self.options.callbacks {
                 events.subscribe(c.clone());
             }
-            let reloading = Arc::new(Reloading::new(
+            let mut reloading = Reloading::new(
                 name,
                 loader,
                 self.options.detection.name().to_string(),
                 events,
-            ));
+            );
+            reloading.expiring_soon = self.options.expiring_soon;
+            let reloading = Arc::new(reloading);
             if let Attempt::Failed { error, .. } = reloading.attempt(true) {
                 if !self.options.allow_empty {
                     return Err(error);

@@ -72,6 +72,6 @@ pub use credential::{
 pub use detect::Detection;
 pub use error::Error;
 pub use identity::{CertInfo, Identity};
-pub use snapshot::{Event, EventCallback, LastError, Snapshot, Status};
+pub use snapshot::{Event, EventCallback, Health, LastError, Snapshot, Status};
 pub use source::{IdentitySource, Password};
 pub use trust::{CrlInfo, Trust, TrustSource};

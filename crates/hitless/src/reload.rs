@@ -15,6 +15,9 @@ use std::time::SystemTime;
 use arc_swap::ArcSwapOption;
 
 use crate::snapshot::{lock, Event, Events, LastError, Snapshot, Status};
+
+/// Default fraction of the lifetime left below which a credential is "expiring soon".
+pub const DEFAULT_EXPIRING_SOON: f64 = 1.0 / 3.0;
 use crate::source::files::{self, read_stable};
 use crate::Error;
 
@@ -30,6 +33,10 @@ pub(crate) trait Load: Send + Sync + 'static {
     fn fingerprint(value: &Self::Value) -> String;
     /// A one-line description for logs.
     fn describe(value: &Self::Value) -> String;
+    /// The validity period of the value, if it has one (an identity's leaf).
+    fn validity(_value: &Self::Value) -> Option<(SystemTime, SystemTime)> {
+        None
+    }
 }
 
 /// The result of one reload attempt.
@@ -50,6 +57,17 @@ pub(crate) struct Reloading<L: Load> {
     pub(crate) current: ArcSwapOption<Snapshot<L::Value>>,
     state: Mutex<State>,
     pub(crate) events: Events,
+    /// Fraction of the lifetime left below which the credential is "expiring soon".
+    pub(crate) expiring_soon: f64,
+    expiry: Mutex<ExpiryNotes>,
+}
+
+/// Which expiry events were already announced, per generation.
+#[derive(Debug, Default)]
+struct ExpiryNotes {
+    generation: u64,
+    soon: bool,
+    expired: bool,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +90,8 @@ impl<L: Load> Reloading<L> {
                 ..State::default()
             }),
             events,
+            expiring_soon: DEFAULT_EXPIRING_SOON,
+            expiry: Mutex::default(),
         }
     }
 
@@ -178,10 +198,79 @@ impl<L: Load> Reloading<L> {
         lock(&self.state).last_error.is_some() || self.current.load().is_none()
     }
 
+    /// Announces "expiring soon" and "expired" (once per generation) when due; returns when
+    /// the next announcement is due, for the detector's timer.
+    pub(crate) fn check_expiry(&self) -> Option<SystemTime> {
+        let current = self.current.load_full()?;
+        let (not_before, not_after) = L::validity(&current.value)?;
+        let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+        let soon_at = not_after
+            .checked_sub(lifetime.mul_f64(self.expiring_soon.clamp(0.0, 1.0)))
+            .unwrap_or(not_before);
+        let now = SystemTime::now();
+        let mut notes = lock(&self.expiry);
+        if notes.generation != current.generation {
+            *notes = ExpiryNotes {
+                generation: current.generation,
+                ..ExpiryNotes::default()
+            };
+        }
+        let fingerprint = L::fingerprint(&current.value);
+        if now >= not_after && !notes.expired {
+            notes.expired = true;
+            notes.soon = true;
+            drop(notes);
+            tracing::error!(
+                credential = %self.name,
+                generation = current.generation,
+                not_after = %crate::identity::rfc3339(not_after),
+                "credential EXPIRED and no valid replacement was loaded: peers will refuse it"
+            );
+            self.events.emit(&Event::Expired {
+                name: self.name.clone(),
+                not_after,
+                fingerprint,
+            });
+            return None;
+        }
+        if now >= soon_at && !notes.soon {
+            notes.soon = true;
+            drop(notes);
+            tracing::warn!(
+                credential = %self.name,
+                generation = current.generation,
+                not_after = %crate::identity::rfc3339(not_after),
+                "credential expiring soon and not renewed yet"
+            );
+            self.events.emit(&Event::ExpiringSoon {
+                name: self.name.clone(),
+                not_after,
+                fingerprint,
+            });
+            return Some(not_after);
+        }
+        if notes.expired {
+            None
+        } else if notes.soon {
+            Some(not_after)
+        } else {
+            Some(soon_at)
+        }
+    }
+
     pub(crate) fn status(&self) -> Status {
         let state = lock(&self.state);
         let current = self.current.load();
+        let validity = current.as_ref().and_then(|c| L::validity(&c.value));
+        let expiring_soon_at = validity.map(|(nb, na)| {
+            let lifetime = na.duration_since(nb).unwrap_or_default();
+            na.checked_sub(lifetime.mul_f64(self.expiring_soon.clamp(0.0, 1.0)))
+                .unwrap_or(nb)
+        });
         Status {
+            not_before: validity.map(|v| v.0),
+            not_after: validity.map(|v| v.1),
+            expiring_soon_at,
             name: self.name.clone(),
             detection: state.detection.clone(),
             generation: current.as_ref().map_or(0, |c| c.generation),

@@ -58,6 +58,48 @@ pub struct Status {
     pub reloads_ok: u64,
     /// Reported failures.
     pub reloads_failed: u64,
+    /// Start of the validity of what is served (identities).
+    pub not_before: Option<SystemTime>,
+    /// End of the validity of what is served (identities).
+    pub not_after: Option<SystemTime>,
+    /// From when it counts as expiring soon (identities).
+    pub expiring_soon_at: Option<SystemTime>,
+}
+
+/// The overall state of a credential, for status pages and health checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Health {
+    /// Serving a valid credential; the last reload (if any) succeeded.
+    Ok,
+    /// Serving, but a reload is failing or expiry is near.
+    Degraded,
+    /// Serving an expired credential (no valid replacement was written), or nothing at all.
+    Expired,
+}
+
+impl Health {
+    /// `ok`, `degraded` or `expired`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Degraded => "degraded",
+            Health::Expired => "expired",
+        }
+    }
+}
+
+impl Status {
+    /// The state at `now`.
+    pub fn health(&self, now: SystemTime) -> Health {
+        if self.generation == 0 || self.not_after.is_some_and(|t| now > t) {
+            return Health::Expired;
+        }
+        if self.last_error.is_some() || self.expiring_soon_at.is_some_and(|t| now >= t) {
+            return Health::Degraded;
+        }
+        Health::Ok
+    }
 }
 
 /// Something that happened to a credential, for applications that want to act on it.
@@ -79,6 +121,27 @@ pub enum Event {
         name: String,
         /// What went wrong (names the file and the reason).
         error: LastError,
+    },
+    /// Less than the configured fraction of the served certificate's lifetime is left and no
+    /// renewal has arrived.
+    ExpiringSoon {
+        /// Which credential.
+        name: String,
+        /// When it expires.
+        not_after: SystemTime,
+        /// Its fingerprint.
+        fingerprint: String,
+    },
+    /// The served certificate has expired and no valid replacement has arrived; it keeps
+    /// being served (peers will refuse it) so that a late renewal still lands on a running
+    /// process.
+    Expired {
+        /// Which credential.
+        name: String,
+        /// When it expired.
+        not_after: SystemTime,
+        /// Its fingerprint.
+        fingerprint: String,
     },
 }
 

@@ -84,6 +84,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// What the detector thread needs from a credential.
 pub(crate) trait Target: Send + Sync {
     fn paths(&self) -> Vec<PathBuf>;
+    /// Announces expiry events when due; when the next one is due.
+    fn check_expiry(&self) -> Option<std::time::SystemTime>;
     fn attempt(&self, report: bool) -> Attempt;
     fn is_failing(&self) -> bool;
 }
@@ -97,6 +99,9 @@ impl<L: Load> Target for Reloading<L> {
     }
     fn is_failing(&self) -> bool {
         Reloading::is_failing(self)
+    }
+    fn check_expiry(&self) -> Option<std::time::SystemTime> {
+        Reloading::check_expiry(self)
     }
 }
 
@@ -222,11 +227,25 @@ pub(crate) fn spawn(
     }))
 }
 
-/// The earliest retry among `tracked`, capped at `cap`.
+/// The earliest retry or expiry announcement among `tracked`, capped at `cap`; announces
+/// what is due now.
 pub(crate) fn next_deadline(tracked: &[Tracked], cap: Instant) -> Instant {
+    let now_sys = std::time::SystemTime::now();
+    let now = Instant::now();
     tracked
         .iter()
-        .filter_map(|t| t.retry_at.map(|(at, _)| at))
+        .flat_map(|t| {
+            let expiry = t
+                .target
+                .upgrade()
+                .and_then(|target| target.check_expiry())
+                .map(|at| {
+                    // A little after the moment, so that it is due when we wake.
+                    now + at.duration_since(now_sys).unwrap_or_default() + Duration::from_millis(5)
+                });
+            [t.retry_at.map(|(at, _)| at), expiry]
+        })
+        .flatten()
         .fold(cap, Instant::min)
 }
 
