@@ -1,9 +1,15 @@
 //! `hitless`: an mTLS server, client, prober and dev PKI that rotate credentials with no restart.
 #![forbid(unsafe_code)]
 
+mod admin;
+mod client;
 mod cmd;
+// The configuration model is wired into serve by the next change.
+#[allow(dead_code)]
+mod config;
 mod http;
 mod logging;
+mod pki;
 
 use std::process::ExitCode;
 
@@ -26,6 +32,16 @@ struct Cli {
 enum Command {
     /// Run an HTTPS server (mutual TLS with --client-ca) that reloads its identity on change.
     Serve(cmd::serve::Args),
+    /// Call an HTTPS server with a reloading client identity, once or in a loop, and report.
+    Call(cmd::call::Args),
+    /// Prove a server refuses untrusted clients (no, self-signed, unknown-CA, expired, revoked,
+    /// wrong-usage certificates); exit 1 if any got in.
+    Probe(cmd::probe::Args),
+    /// A development CA: create it, issue server/client certificates, revoke, write CRLs.
+    Ca(cmd::ca::Args),
+    /// Issue short-lived identities from the development CA again and again and write them like
+    /// a real agent (rename, in place, Kubernetes ..data swap, certbot).
+    Agent(cmd::agent::Args),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +49,10 @@ fn main() -> ExitCode {
     logging::init(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => cmd::serve::run(args),
+        Command::Call(args) => cmd::call::run(args),
+        Command::Probe(args) => cmd::probe::run(args),
+        Command::Ca(args) => cmd::ca::run(args),
+        Command::Agent(args) => cmd::agent::run(args),
     };
     match result {
         Ok(code) => code,

@@ -718,6 +718,33 @@ impl ServerIdentities {
         Arc::new(crate::rustls::SniResolver::new(self.clone(), Some(ip)))
     }
 
+    /// The identity served to a client asking for `server_name` (no SNI: the default one), as
+    /// the resolver would choose it for a client accepting any key type.
+    pub fn serving(&self, server_name: Option<&str>) -> Option<Arc<Snapshot<Identity>>> {
+        let index = self.inner.index.load();
+        let key = index.choose(server_name, None, &[])?;
+        self.inner.members.iter().find_map(|m| {
+            let current = m.reloading.current.load_full()?;
+            Arc::ptr_eq(current.value.certified_key(), key).then_some(current)
+        })
+    }
+
+    /// Announces "expiring soon"/"expired" for every identity now if due (the detector thread
+    /// does this by itself in `watch` and `poll` modes).
+    pub fn check_expiry(&self) {
+        for m in &self.inner.members {
+            let _ = m.reloading.check_expiry();
+        }
+    }
+
+    /// Calls `callback` on every later [`Event`] of every identity.
+    pub fn subscribe(&self, callback: impl Fn(&Event) + Send + Sync + 'static) {
+        let callback: EventCallback = Arc::new(callback);
+        for m in &self.inner.members {
+            m.reloading.events.subscribe(callback.clone());
+        }
+    }
+
     /// Each identity's status and current value, in the order given.
     pub fn members(&self) -> Vec<(Status, Option<Arc<Snapshot<Identity>>>)> {
         self.inner

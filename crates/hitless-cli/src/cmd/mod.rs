@@ -1,3 +1,7 @@
 //! One module per subcommand.
 
+pub mod agent;
+pub mod ca;
+pub mod call;
+pub mod probe;
 pub mod serve;

@@ -1,20 +1,22 @@
 //! `hitless serve`: an HTTPS server that enforces mutual TLS (with `--client-ca`) and reloads its
-//! identity while it runs.
+//! identities, client trust bundle and CRLs while it runs.
 //!
-//! Every accepted TCP connection is handshaken with the current configuration; the identity is
-//! resolved from the reloading snapshot (one atomic load) so rotations need no restart and open
-//! connections keep the certificate they started with.
+//! Every accepted TCP connection is handshaken with the configuration current at that moment
+//! (rebuilt only when the client trust changes); the server certificate is resolved from the
+//! reloading snapshots (one atomic load), so rotations need no restart and open connections keep
+//! the certificate they started with.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hitless::{
-    CertInfo, Detection, IdentitySource, ReloadingIdentity, ReloadingServerConfig, ReloadingTrust,
-    TrustSource,
+    CertInfo, Detection, IdentitySource, MemberOptions, Password, ReloadingServerConfig,
+    ReloadingTrust, ServerIdentities, TrustSource,
 };
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -26,15 +28,18 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin::{self, Observed};
 use crate::http::{self, Body};
 
-/// How the identity notices changes on disk.
+/// How the credentials notice changes on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReloadMode {
     /// File-system notifications (default): picks up an atomic rename in milliseconds.
     Watch,
     /// Compare file identities every --poll-interval (±10% jitter).
     Poll,
+    /// No background thread: a handshake checks the files at most once per --on-handshake-ttl.
+    OnHandshake,
     /// Only on SIGHUP.
     Manual,
 }
@@ -43,25 +48,40 @@ pub enum ReloadMode {
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:
   hitless serve --listen 127.0.0.1:8443 --cert server.crt --key server.key --client-ca ca.pem
-  hitless serve --identity identity.pem --client-ca ca.pem --reload poll --poll-interval 30s")]
+  hitless serve --identity identity.pem --client-ca ca.pem --crl crl.pem --drop-untrusted
+  hitless serve --pkcs12 server.p12 --password-file server.pass --reload poll --poll-interval 30s
+  hitless serve --identity identity.pem --admin-listen 127.0.0.1:9090 --wait-for-credentials 60s
+
+SIGHUP reloads every credential at once, whatever the reload mode.
+SIGINT/SIGTERM stop accepting, let requests in flight finish (--shutdown-timeout), exit 0.")]
 pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
     /// PEM certificate chain (with --key).
-    #[arg(long, requires = "key", conflicts_with = "identity")]
+    #[arg(long, requires = "key", conflicts_with_all = ["identity", "pkcs12"])]
     pub cert: Option<PathBuf>,
     /// PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC) (with --cert).
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
     /// One PEM bundle holding certificates and key in any order (what an agent template renders).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "pkcs12")]
     pub identity: Option<PathBuf>,
+    /// A PKCS#12 keystore (.p12/.pfx) holding the identity; password from --password-file or
+    /// --password-env.
+    #[arg(long)]
+    pub pkcs12: Option<PathBuf>,
+    /// File holding the PKCS#12 password (one trailing newline ignored).
+    #[arg(long, conflicts_with = "password_env")]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the PKCS#12 password.
+    #[arg(long)]
+    pub password_env: Option<String>,
     /// PEM file of CA certificates trusted for client certificates; requires every client to
-    /// present one (mutual TLS). Repeatable.
+    /// present one (mutual TLS). Repeatable; reloaded while running.
     #[arg(long = "client-ca")]
     pub client_ca: Vec<PathBuf>,
-    /// CRL file (PEM or DER) applied to client certificates; reloaded like the rest.
+    /// CRL file (PEM or DER) applied to client certificates; reloaded while running.
     /// Repeatable; requires --client-ca.
     #[arg(long, requires = "client_ca")]
     pub crl: Vec<PathBuf>,
@@ -75,12 +95,26 @@ pub struct Args {
     /// Interval of --reload poll.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub poll_interval: Duration,
+    /// Minimum time between two checks of --reload on-handshake.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub on_handshake_ttl: Duration,
     /// How long an inconsistent read (a writer still busy) waits before a retry.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "200ms")]
     pub quiet_period: Duration,
     /// Serve a leaf that is expired or not yet valid instead of refusing it.
     #[arg(long)]
     pub accept_expired: bool,
+    /// Raise "expiring soon" when less than this fraction of a certificate's lifetime is left.
+    #[arg(long, default_value_t = 1.0 / 3.0)]
+    pub expiring_soon: f64,
+    /// Plain-HTTP admin listener for /healthz, /status and /metrics (no client certificate
+    /// needed; keep it on loopback).
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Start before the credentials exist (a sidecar agent has not written yet) and wait this
+    /// long for them; /healthz answers 503 meanwhile. 0 = fail at once.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub wait_for_credentials: Duration,
     /// On SIGINT/SIGTERM, how long requests in flight may take to finish.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub shutdown_timeout: Duration,
@@ -88,10 +122,16 @@ pub struct Args {
 
 impl Args {
     fn source(&self) -> anyhow::Result<IdentitySource> {
-        match (&self.identity, &self.cert, &self.key) {
-            (Some(bundle), None, None) => Ok(IdentitySource::bundle(bundle)),
-            (None, Some(cert), Some(key)) => Ok(IdentitySource::pair(cert, key)),
-            _ => bail!("give either --identity BUNDLE or --cert CERT --key KEY"),
+        let password = match (&self.password_file, &self.password_env) {
+            (Some(f), _) => Password::File(f.clone()),
+            (None, Some(e)) => Password::Env(e.clone()),
+            (None, None) => Password::None,
+        };
+        match (&self.identity, &self.cert, &self.key, &self.pkcs12) {
+            (Some(bundle), None, None, None) => Ok(IdentitySource::bundle(bundle)),
+            (None, Some(cert), Some(key), None) => Ok(IdentitySource::pair(cert, key)),
+            (None, None, None, Some(p12)) => Ok(IdentitySource::pkcs12(p12, password)),
+            _ => bail!("give one of --identity BUNDLE, --cert CERT --key KEY, or --pkcs12 FILE"),
         }
     }
 
@@ -101,44 +141,158 @@ impl Args {
             ReloadMode::Poll => Detection::Poll {
                 interval: self.poll_interval,
             },
+            ReloadMode::OnHandshake => Detection::OnHandshake {
+                ttl: self.on_handshake_ttl,
+            },
             ReloadMode::Manual => Detection::Manual,
         }
     }
 }
 
+/// What to serve, from flags (or, later, a configuration file).
+pub struct Plan {
+    /// TLS listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin: Option<SocketAddr>,
+    /// Identities in selection order.
+    pub identities: Vec<(IdentitySource, MemberOptions)>,
+    /// Client trust (mutual TLS).
+    pub trust: Option<TrustSource>,
+    /// Change detection.
+    pub detection: Detection,
+    /// Quiet period.
+    pub quiet: Duration,
+    /// Serve expired leaves.
+    pub accept_expired: bool,
+    /// Expiring-soon fraction.
+    pub expiring_soon: f64,
+    /// Wait for credentials at start.
+    pub wait: Duration,
+    /// Close connections the new trust refuses.
+    pub drop_untrusted: bool,
+    /// Graceful shutdown bound.
+    pub shutdown_timeout: Duration,
+}
+
+impl Plan {
+    fn from_args(args: &Args) -> anyhow::Result<Plan> {
+        let trust = (!args.client_ca.is_empty())
+            .then(|| TrustSource::cas(args.client_ca.clone()).with_crls(args.crl.clone()));
+        Ok(Plan {
+            listen: args.listen,
+            admin: args.admin_listen,
+            identities: vec![(args.source()?, MemberOptions::named("server"))],
+            trust,
+            detection: args.detection(),
+            quiet: args.quiet_period,
+            accept_expired: args.accept_expired,
+            expiring_soon: args.expiring_soon,
+            wait: args.wait_for_credentials,
+            drop_untrusted: args.drop_untrusted,
+            shutdown_timeout: args.shutdown_timeout,
+        })
+    }
+}
+
 /// Runs the server until SIGINT or SIGTERM.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    run_plan(Plan::from_args(&args)?)
+}
+
+/// Runs a [`Plan`] until SIGINT or SIGTERM.
+pub fn run_plan(plan: Plan) -> anyhow::Result<ExitCode> {
     // aws-lc checks once per process, on first use of its random generator, whether it runs in
     // a VM snapshot (/dev/sysgenid): do it now, not during the first handshake.
     let mut warm = [0u8; 16];
     let _ = rustls::crypto::aws_lc_rs::default_provider()
         .secure_random
         .fill(&mut warm);
-    let identity = ReloadingIdentity::builder(args.source()?)
+    let waiting = !plan.wait.is_zero();
+    let mut builder = ServerIdentities::builder()
         .name("server")
-        .detection(args.detection())
-        .quiet_period(args.quiet_period)
-        .accept_expired(args.accept_expired)
-        .build()
-        .context("no valid server identity")?;
-    let trust = if args.client_ca.is_empty() {
-        tracing::warn!(
-            "no --client-ca given: serving server-authenticated TLS only, clients are not verified"
-        );
-        None
-    } else {
-        Some(
-            ReloadingTrust::builder(
-                TrustSource::cas(args.client_ca.clone()).with_crls(args.crl.clone()),
-            )
-            .name("client-trust")
-            .detection(args.detection())
-            .quiet_period(args.quiet_period)
-            .build()
-            .context("no valid client trust bundle")?,
-        )
+        .detection(plan.detection)
+        .quiet_period(plan.quiet)
+        .accept_expired(plan.accept_expired)
+        .expiring_soon(plan.expiring_soon)
+        .allow_empty_start(waiting);
+    for (source, options) in &plan.identities {
+        builder = builder.identity(source.clone(), options.clone());
+    }
+    let identities = builder.build().context("no valid server identity")?;
+    let trust = match &plan.trust {
+        None => {
+            tracing::warn!(
+                "no client CA given: serving server-authenticated TLS only, clients are not verified"
+            );
+            None
+        }
+        Some(source) => Some(
+            ReloadingTrust::builder(source.clone())
+                .name("client-trust")
+                .detection(plan.detection)
+                .quiet_period(plan.quiet)
+                .allow_empty_start(waiting)
+                .build()
+                .context("no valid client trust bundle")?,
+        ),
     };
-    let mut builder = ReloadingServerConfig::builder(identity.resolver())
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(plan, identities, trust))
+}
+
+async fn serve(
+    plan: Plan,
+    identities: ServerIdentities,
+    trust: Option<ReloadingTrust>,
+) -> anyhow::Result<ExitCode> {
+    let observed = Observed::new(identities.clone(), trust.clone());
+    if let Some(addr) = plan.admin {
+        let admin = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (--admin-listen)"))?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(admin = %addr, "admin listener is not on loopback: /status and /metrics are readable from the network");
+        }
+        tracing::info!(admin = %addr, "admin listener: /healthz /status /metrics");
+        tokio::spawn(admin::serve_admin(admin, observed.clone()));
+    }
+    spawn_sighup_reload(identities.clone(), trust.clone());
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+
+    if !observed.all_loaded() {
+        tracing::info!(timeout = ?plan.wait, "waiting for credentials to be written");
+        let give_up = Instant::now() + plan.wait;
+        loop {
+            if observed.all_loaded() {
+                break;
+            }
+            if Instant::now() >= give_up {
+                bail!(
+                    "gave up after --wait-for-credentials {}: {}",
+                    humantime::format_duration(plan.wait),
+                    missing_credentials(&observed)
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = &mut shutdown => return Ok(ExitCode::SUCCESS),
+            }
+        }
+        tracing::info!("credentials loaded");
+    }
+
+    let resolver: Arc<dyn rustls::server::ResolvesServerCert> = if plan.listen.ip().is_unspecified()
+    {
+        identities.resolver()
+    } else {
+        identities.resolver_for_ip(plan.listen.ip())
+    };
+    let mut builder = ReloadingServerConfig::builder(resolver)
         .configure(|c| c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
     if let Some(trust) = &trust {
         builder = builder.client_trust(trust.clone());
@@ -146,38 +300,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let configs = builder
         .build()
         .context("cannot build the TLS configuration")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args, identity, trust, configs))
-}
 
-async fn serve(
-    args: Args,
-    identity: ReloadingIdentity,
-    trust: Option<ReloadingTrust>,
-    configs: ReloadingServerConfig,
-) -> anyhow::Result<ExitCode> {
-    let listener = TcpListener::bind(args.listen)
+    let listener = TcpListener::bind(plan.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("cannot listen on {}", plan.listen))?;
     let local = listener.local_addr().context("listener has no address")?;
+    observed.ready.store(true, Ordering::SeqCst);
     tracing::info!(
         listen = %local,
+        identities = plan.identities.len(),
         mutual_tls = trust.is_some(),
-        drop_untrusted = args.drop_untrusted,
-        reload = ?args.reload,
+        drop_untrusted = plan.drop_untrusted,
+        reload = plan.detection.name(),
         "serving HTTPS"
     );
-    spawn_sighup_reload(identity.clone(), trust.clone());
     let (trust_tx, trust_rx) = tokio::sync::watch::channel(configs.trust_generation());
     configs.on_trust_change(move |generation| {
         trust_tx.send_replace(generation);
     });
     let graceful = GracefulShutdown::new();
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
 
     loop {
         let (tcp, peer) = tokio::select! {
@@ -194,71 +335,39 @@ async fn serve(
         };
         // The configuration current now: the trust and session cache of this moment.
         let acceptor = TlsAcceptor::from(configs.current());
-        let identity = identity.clone();
-        let configs = configs.clone();
-        let mut trust_changes = trust_rx.clone();
-        let drop_untrusted = args.drop_untrusted;
+        let connection = Connection {
+            observed: observed.clone(),
+            configs: configs.clone(),
+            trust_changes: trust_rx.clone(),
+            drop_untrusted: plan.drop_untrusted,
+            peer,
+        };
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let tls =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        // A TCP health check or port scan: nothing was offered, nothing refused.
+                        tracing::debug!(%peer, "connection closed before a TLS handshake: {e}");
+                        return;
+                    }
                     Ok(Err(e)) => {
+                        connection
+                            .observed
+                            .metrics
+                            .refused(admin::refusal_reason(&e));
                         tracing::info!(%peer, "handshake refused: {e}");
                         return;
                     }
                     Err(_) => {
+                        connection.observed.metrics.refused("timeout");
                         tracing::info!(%peer, "handshake timed out");
                         return;
                     }
                 };
-            let chain: Vec<CertificateDer<'static>> = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
-                .unwrap_or_default();
-            let client = chain
-                .first()
-                .and_then(|der| CertInfo::parse(std::path::Path::new("peer"), 1, der).ok());
-            let client = Arc::new(client);
-            let subject = client.as_ref().as_ref().map(|c| c.subject.clone());
-            let service = hyper::service::service_fn(move |req| {
-                let response = respond(&req, &client, &identity);
-                async move { Ok::<_, std::convert::Infallible>(response) }
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(tls), service);
-            let served = watcher.watch(conn.into_owned());
-            // With --drop-untrusted, a trust change re-checks this connection's client
-            // certificate; if the new trust refuses it, the connection is dropped (closed).
-            let untrusted = async {
-                if !drop_untrusted || chain.is_empty() {
-                    return std::future::pending::<rustls::Error>().await;
-                }
-                loop {
-                    if trust_changes.changed().await.is_err() {
-                        return std::future::pending().await;
-                    }
-                    if let Err(e) = configs.verify_client(&chain) {
-                        return e;
-                    }
-                }
-            };
-            tokio::select! {
-                result = served => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, "connection ended with an error: {e}");
-                    }
-                }
-                reason = untrusted => {
-                    tracing::warn!(
-                        %peer,
-                        client = subject.as_deref().unwrap_or("?"),
-                        "closing open connection: the new trust refuses its client certificate: {reason}"
-                    );
-                }
-            }
+            connection.observed.metrics.accepted();
+            connection.serve(tls, watcher).await;
         });
     }
 
@@ -266,24 +375,125 @@ async fn serve(
     tracing::info!("shutting down: no new connections, waiting for requests in flight");
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(args.shutdown_timeout) => {
+        _ = tokio::time::sleep(plan.shutdown_timeout) => {
             tracing::warn!("shutdown timeout reached, closing remaining connections");
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn respond(
-    req: &Request<Incoming>,
-    client: &Option<CertInfo>,
-    identity: &ReloadingIdentity,
-) -> Response<Body> {
-    match req.uri().path() {
-        "/healthz" => http::text(StatusCode::OK, "ok\n"),
-        "/" => {
-            let serving = identity.current();
+/// Which credentials are still missing, and why.
+fn missing_credentials(observed: &Observed) -> String {
+    let mut out = Vec::new();
+    for (status, _) in observed.identities.members() {
+        if status.generation == 0 {
+            out.push(describe_missing(&status));
+        }
+    }
+    if let Some(t) = &observed.trust {
+        let status = t.status();
+        if status.generation == 0 {
+            out.push(describe_missing(&status));
+        }
+    }
+    out.join("; ")
+}
+
+fn describe_missing(status: &hitless::Status) -> String {
+    match &status.last_error {
+        Some(e) => format!("{}: {}", status.name, e.message),
+        None => format!("{}: not loaded", status.name),
+    }
+}
+
+/// One accepted TLS connection.
+struct Connection {
+    observed: Arc<Observed>,
+    configs: ReloadingServerConfig,
+    trust_changes: tokio::sync::watch::Receiver<u64>,
+    drop_untrusted: bool,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    async fn serve(
+        mut self,
+        tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        let _open = self.observed.metrics.open_connection();
+        let peer = self.peer;
+        let (_, session) = tls.get_ref();
+        let chain: Vec<CertificateDer<'static>> = session
+            .peer_certificates()
+            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+            .unwrap_or_default();
+        let sni = session.server_name().map(str::to_owned);
+        let client = chain
+            .first()
+            .and_then(|der| CertInfo::parse(std::path::Path::new("peer"), 1, der).ok());
+        let subject = client.as_ref().map(|c| c.subject.clone());
+        let context = Arc::new(RequestContext {
+            client,
+            sni,
+            observed: self.observed.clone(),
+        });
+        let service = hyper::service::service_fn(move |req| {
+            let response = context.respond(&req);
+            async move { Ok::<_, std::convert::Infallible>(response) }
+        });
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection(TokioIo::new(tls), service);
+        let served = watcher.watch(conn.into_owned());
+        // With --drop-untrusted, a trust change re-checks this connection's client certificate;
+        // if the new trust refuses it, the connection is dropped (closed).
+        let configs = self.configs.clone();
+        let drop_untrusted = self.drop_untrusted;
+        let untrusted = async {
+            if !drop_untrusted || chain.is_empty() {
+                return std::future::pending::<rustls::Error>().await;
+            }
+            loop {
+                if self.trust_changes.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                if let Err(e) = configs.verify_client(&chain) {
+                    return e;
+                }
+            }
+        };
+        tokio::select! {
+            result = served => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, "connection ended with an error: {e}");
+                }
+            }
+            reason = untrusted => {
+                self.observed.metrics.dropped_untrusted();
+                tracing::warn!(
+                    %peer,
+                    client = subject.as_deref().unwrap_or("?"),
+                    "closing open connection: the new trust refuses its client certificate: {reason}"
+                );
+            }
+        }
+    }
+}
+
+/// What a request handler knows about its connection.
+struct RequestContext {
+    client: Option<CertInfo>,
+    sni: Option<String>,
+    observed: Arc<Observed>,
+}
+
+impl RequestContext {
+    fn respond(&self, req: &Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path();
+        if path == "/" {
+            let serving = self.observed.identities.serving(self.sni.as_deref());
             let body = json!({
-                "client": client.as_ref().map(|c| json!({
+                "client": self.client.as_ref().map(|c| json!({
                     "subject": c.subject,
                     "serial": c.serial,
                     "fingerprint": c.fingerprint,
@@ -295,14 +505,16 @@ fn respond(
                     "subject": s.value.leaf().subject,
                 })),
             });
-            http::json(StatusCode::OK, &body)
+            return http::json(StatusCode::OK, &body);
         }
-        _ => http::text(StatusCode::NOT_FOUND, "not found\n"),
+        self.observed
+            .respond(path)
+            .unwrap_or_else(|| http::text(StatusCode::NOT_FOUND, "not found\n"))
     }
 }
 
-/// Reloads the identity and trust on every SIGHUP, whatever the detection mode.
-fn spawn_sighup_reload(identity: ReloadingIdentity, trust: Option<ReloadingTrust>) {
+/// Reloads every credential on each SIGHUP, whatever the detection mode.
+fn spawn_sighup_reload(identities: ServerIdentities, trust: Option<ReloadingTrust>) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -314,16 +526,18 @@ fn spawn_sighup_reload(identity: ReloadingIdentity, trust: Option<ReloadingTrust
             }
         };
         while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading");
-            let identity = identity.clone();
+            tracing::info!("SIGHUP: reloading every credential");
+            let identities = identities.clone();
             let trust = trust.clone();
             // reload() may sleep for the quiet period: keep it off the async workers.
             let done = tokio::task::spawn_blocking(move || {
-                match identity.reload() {
-                    Ok(outcome) => tracing::info!("SIGHUP identity reload: {outcome:?}"),
-                    Err(e) => tracing::warn!(
-                        "SIGHUP identity reload failed, keeping the last good identity: {e}"
-                    ),
+                for result in identities.reload() {
+                    match result {
+                        Ok(outcome) => tracing::info!("SIGHUP identity reload: {outcome:?}"),
+                        Err(e) => tracing::warn!(
+                            "SIGHUP identity reload failed, keeping the last good identity: {e}"
+                        ),
+                    }
                 }
                 if let Some(trust) = trust {
                     match trust.reload() {
