@@ -126,7 +126,10 @@ fn drop_untrusted_closes_only_the_revoked_clients_connection() {
     write_atomic(
         &crl,
         pki.ca
-            .crl(&[revoked.serial.clone()], time::Duration::hours(1))
+            .crl(
+                std::slice::from_ref(&revoked.serial),
+                time::Duration::hours(1),
+            )
             .pem
             .as_bytes(),
     );
