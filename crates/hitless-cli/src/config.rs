@@ -323,7 +323,7 @@ impl Config {
         if self.identities.is_empty() {
             report(
                 KeyPath::root("identity"),
-                "no [[identity]]: give at least one (cert + key, bundle, or pkcs12)".into(),
+                "none given: add at least one [[identity]] (cert + key, bundle, or pkcs12)".into(),
             );
         }
         let mut default: Option<usize> = None;
@@ -432,24 +432,16 @@ impl Config {
             }
         }
 
+        // Two listeners on one address would fail only when serve binds the second one.
         let mut addresses: HashMap<SocketAddr, KeyPath> = HashMap::new();
         for (i, listener) in self.listeners.iter().enumerate() {
             let at = KeyPath::root("listener").index(i);
-            let mut bind = |field: &str, addr: SocketAddr| {
-                let here = at.key(field);
-                if addr.port() != 0 {
-                    if let Some(first) = addresses.insert(addr, here.clone()) {
-                        return Some((here, format!("{addr} is already used by {first}")));
-                    }
-                }
-                None
-            };
-            if let Some((path, reason)) = bind("listen", listener.listen) {
-                report(path, reason);
-            }
-            if let Some(admin) = listener.admin {
-                if let Some((path, reason)) = bind("admin", admin) {
-                    report(path, reason);
+            for (field, addr) in [("listen", Some(listener.listen)), ("admin", listener.admin)] {
+                let Some(addr) = addr.filter(|a| a.port() != 0) else {
+                    continue;
+                };
+                if let Some(first) = addresses.insert(addr, at.key(field)) {
+                    report(at.key(field), format!("{addr} is already used by {first}"));
                 }
             }
         }
@@ -677,26 +669,25 @@ fn password(file: &Option<PathBuf>, env: &Option<String>) -> Password {
     }
 }
 
-/// A TOML key path such as `identity[1].key`.
+/// A TOML key path such as `identity[1].key`: each key, with its array index if it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct KeyPath(Vec<String>, Vec<Option<usize>>);
+struct KeyPath(Vec<(String, Option<usize>)>);
 
 impl KeyPath {
     fn root(key: &str) -> KeyPath {
-        KeyPath(vec![key.to_string()], vec![None])
+        KeyPath(vec![(key.to_string(), None)])
     }
 
     fn key(&self, key: &str) -> KeyPath {
         let mut p = self.clone();
-        p.0.push(key.to_string());
-        p.1.push(None);
+        p.0.push((key.to_string(), None));
         p
     }
 
     fn index(&self, i: usize) -> KeyPath {
         let mut p = self.clone();
-        if let Some(last) = p.1.last_mut() {
-            *last = Some(i);
+        if let Some((_, index)) = p.0.last_mut() {
+            *index = Some(i);
         }
         p
     }
@@ -705,7 +696,7 @@ impl KeyPath {
     fn span_in(&self, doc: &toml::de::DeTable<'_>) -> Option<usize> {
         let mut table = doc;
         let mut found = None;
-        for (key, index) in self.0.iter().zip(&self.1) {
+        for (key, index) in &self.0 {
             let (k, v) = table.get_key_value(key.as_str())?;
             found = Some(k.span().start);
             let mut value = v;
@@ -728,7 +719,7 @@ impl KeyPath {
 
 impl fmt::Display for KeyPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (n, (key, index)) in self.0.iter().zip(&self.1).enumerate() {
+        for (n, (key, index)) in self.0.iter().enumerate() {
             if n > 0 {
                 f.write_str(".")?;
             }
@@ -1014,6 +1005,16 @@ mod tests {
         assert_eq!(p.key.as_deref(), Some("identity[1].default"), "{shown}");
         assert_eq!(p.line, Some(7));
         assert!(p.reason.contains("identity[0] already is"), "{shown}");
+    }
+
+    #[test]
+    fn one_address_cannot_serve_two_listeners() {
+        let (p, shown) = problem(&format!(
+            "[[listener]]\nlisten = \"127.0.0.1:8443\"\nadmin = \"127.0.0.1:9090\"\n\
+             [[listener]]\nlisten = \"127.0.0.1:9090\"\n{PAIR}"
+        ));
+        assert_eq!(p.key.as_deref(), Some("listener[1].listen"), "{shown}");
+        assert!(p.reason.contains("listener[0].admin"), "{shown}");
     }
 
     #[test]

@@ -42,6 +42,18 @@ enum Command {
     /// Issue short-lived identities from the development CA again and again and write them like
     /// a real agent (rename, in place, Kubernetes ..data swap, certbot).
     Agent(cmd::agent::Args),
+    /// Show what credential files hold (chain, names, key type, validity, key match); exit 0
+    /// valid, 1 invalid, 2 expiring within --warn.
+    Inspect(cmd::inspect::Args),
+    /// The whole system live in one command: dev CA, rotating agents, mTLS server, clients,
+    /// prober, CA rotation, revocation and bad writes; exit 0 only if nothing failed.
+    Demo(cmd::demo::Args),
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (the data guarded in
+/// this crate is always left consistent: counters and replaced values).
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn main() -> ExitCode {
@@ -53,6 +65,8 @@ fn main() -> ExitCode {
         Command::Probe(args) => cmd::probe::run(args),
         Command::Ca(args) => cmd::ca::run(args),
         Command::Agent(args) => cmd::agent::run(args),
+        Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
     };
     match result {
         Ok(code) => code,

@@ -298,8 +298,15 @@ impl DevCa {
             .with_context(|| format!("cannot create the CA directory {}", dir.display()))?;
         let now = now();
 
+        // Every CA gets its own names: two CAs with the same name (a CA rotation) would make
+        // verifiers match one CA's CRL against the other's certificates.
+        let id = hex(&random_serial()?[..4]);
         let root_key = key_type.generate()?;
-        let mut root_params = ca_params("hitless development root CA", now, ROOT_VALIDITY)?;
+        let mut root_params = ca_params(
+            &format!("hitless development root CA {id}"),
+            now,
+            ROOT_VALIDITY,
+        )?;
         root_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
         let root_cert = root_params
             .self_signed(&root_key)
@@ -308,7 +315,7 @@ impl DevCa {
 
         let int_key = key_type.generate()?;
         let mut int_params = ca_params(
-            "hitless development intermediate CA",
+            &format!("hitless development intermediate CA {id}"),
             now,
             INTERMEDIATE_VALIDITY,
         )?;

@@ -207,3 +207,26 @@ fn poll_mode_picks_up_a_rename() {
         |dir| IdentitySource::bundle(dir.join("identity.pem")),
     );
 }
+
+#[test]
+fn watch_mode_follows_a_relative_path() {
+    let root = Ca::new_root("Relative Root", KeyType::EcP256);
+    let first = root.issue(&LeafSpec::server("localhost"));
+    let second = root.issue(&LeafSpec::server("localhost"));
+    // A directory under the current one, named relatively.
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let relative = dir
+        .path()
+        .strip_prefix(std::env::current_dir().unwrap())
+        .unwrap()
+        .join("identity.pem");
+    assert!(relative.is_relative());
+    write_atomic(&relative, first.bundle_pem(KeyFormat::Pkcs8).as_bytes());
+    let identity = ReloadingIdentity::builder(IdentitySource::bundle(&relative))
+        .build()
+        .unwrap();
+    write_atomic(&relative, second.bundle_pem(KeyFormat::Pkcs8).as_bytes());
+    wait_for("the relative path to be reloaded", QUIET + MARGIN, || {
+        (identity.status().generation == 2).then_some(())
+    });
+}

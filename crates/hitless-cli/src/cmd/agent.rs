@@ -168,9 +168,9 @@ impl Agent {
         })
     }
 
-    /// Rotates (and logs) now and then every [`Agent::renew_after`], until a limit is reached or `shutdown`
-    /// completes (checked between rotations: a rotation is never cut short). Returns how many
-    /// identities were written. Issuing and writing run on the blocking pool.
+    /// Rotates (and logs) now and then every [`Agent::renew_after`], until a limit is reached or
+    /// `shutdown` completes (checked between rotations: a rotation is never cut short). Returns
+    /// how many identities were written. Issuing and writing run on the blocking pool.
     pub async fn run(
         self,
         limits: Limits,

@@ -63,7 +63,7 @@ pub struct IssueArgs {
     #[arg(long, default_value = "pki")]
     pub dir: PathBuf,
     /// Subject common name; for a server also a DNS SAN (an IP SAN if it is an address), and
-    /// `localhost` also gets 127.0.0.1 and ::1. Names the output files NAME.crt, NAME.key, NAME.pem.
+    /// `localhost` also gets 127.0.0.1 and ::1. Also names the files NAME.crt, NAME.key, NAME.pem.
     #[arg(long)]
     pub name: String,
     /// Server (serverAuth) or client (clientAuth) certificate.

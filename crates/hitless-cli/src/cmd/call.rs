@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -82,6 +82,7 @@ pub struct Args {
 }
 
 impl Args {
+    /// The client identity source, if one was given.
     fn source(&self) -> anyhow::Result<Option<IdentitySource>> {
         match (&self.identity, &self.cert, &self.key) {
             (None, None, None) => Ok(None),
@@ -93,6 +94,7 @@ impl Args {
         }
     }
 
+    /// Refuses values that make no sense (zero, negative rate).
     fn check(&self) -> anyhow::Result<()> {
         if let Some(rate) = self.rate {
             if !(rate.is_finite() && rate > 0.0) {
@@ -125,7 +127,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let trust = ReloadingTrust::builder(
-        TrustSource::cas(args.ca.iter().map(absolute)).with_crls(args.crl.iter().map(absolute)),
+        TrustSource::cas(args.ca.iter().map(|p| absolute(p)))
+            .with_crls(args.crl.iter().map(|p| absolute(p))),
     )
     .name("server trust")
     .detection(Detection::Watch)
@@ -170,8 +173,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 ///
 /// Works around the library's watcher missing changes to files named by a relative path (the
 /// notifications name `./file`, the watcher compares with `file`).
-fn absolute(path: &PathBuf) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.clone())
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Hands out request slots: ends the loop by count, by deadline or when stopped, and spaces
@@ -240,6 +243,7 @@ struct Tally {
 }
 
 impl Tally {
+    /// Adds another worker's tally.
     fn merge(&mut self, other: Tally) {
         self.ok += other.ok;
         for (reason, n) in other.failures {
@@ -260,11 +264,13 @@ struct Summary {
 }
 
 impl Summary {
+    /// Failed requests, all reasons together.
     fn failed(&self) -> u64 {
         self.tally.failures.values().sum()
     }
 }
 
+/// Runs the workers until the schedule ends and merges what they saw.
 async fn call(
     args: &Args,
     target: Target,
@@ -407,13 +413,12 @@ async fn exchange(run: &Run, conn: &mut Option<Connection>) -> Result<Reply, Fai
     new.get(&run.target).await
 }
 
+/// Counts a response: success for a 2xx status, a failure `http <status>` otherwise.
 fn record_reply(run: &Run, tally: &mut Tally, reply: Reply, elapsed: Duration) {
     if reply.first_on_connection {
         tally.handshakes += 1;
-        if let Some(fp) = &reply.server_fingerprint {
-            if !tally.server_fingerprints.contains(fp) {
-                tally.server_fingerprints.insert(fp.clone());
-            }
+        if let Some(fp) = reply.server_fingerprint {
+            tally.server_fingerprints.insert(fp);
         }
     }
     if let Some(serial) = client_serial_seen_by_server(&reply.body) {
@@ -431,6 +436,7 @@ fn record_reply(run: &Run, tally: &mut Tally, reply: Reply, elapsed: Duration) {
     }
 }
 
+/// Counts a failure under its reason.
 fn record_failure(run: &Run, tally: &mut Tally, failure: &Failure) {
     let reason = failure.reason();
     log_first(run, &reason, || failure.detail());
@@ -477,6 +483,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
         .copied()
 }
 
+/// Milliseconds with microsecond precision.
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
@@ -489,12 +496,14 @@ struct Report {
 }
 
 impl Report {
+    /// The latencies of successful requests, sorted.
     fn latencies(&self) -> Vec<Duration> {
         let mut sorted = self.summary.tally.latencies.clone();
         sorted.sort_unstable();
         sorted
     }
 
+    /// The machine-readable summary.
     fn json(&self, args: &Args) -> serde_json::Value {
         let s = &self.summary;
         let t = &s.tally;
@@ -528,6 +537,7 @@ impl Report {
         })
     }
 
+    /// The summary for a person.
     fn human(&self, args: &Args) -> String {
         use std::fmt::Write as _;
         let s = &self.summary;

@@ -3,5 +3,7 @@
 pub mod agent;
 pub mod ca;
 pub mod call;
+pub mod demo;
+pub mod inspect;
 pub mod probe;
 pub mod serve;

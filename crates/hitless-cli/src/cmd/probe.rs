@@ -109,7 +109,9 @@ enum Expect {
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
+    /// The server turned the client away.
     Refused,
+    /// The server answered a request.
     Accepted,
     /// The attempt proves nothing either way (no connection, server not trusted, timeout).
     Inconclusive,
@@ -118,6 +120,7 @@ enum Verdict {
 }
 
 impl Verdict {
+    /// The word used in reports.
     fn as_str(self) -> &'static str {
         match self {
             Verdict::Refused => "refused",
@@ -129,6 +132,7 @@ impl Verdict {
 }
 
 impl Expect {
+    /// The word used in reports.
     fn as_str(self) -> &'static str {
         match self {
             Expect::Refused => "refused",
@@ -146,6 +150,7 @@ struct Row {
 }
 
 impl Row {
+    /// True if the server did what was expected (or the row was skipped).
     fn passed(&self) -> bool {
         match self.result {
             Verdict::Skipped => true,
@@ -155,6 +160,7 @@ impl Row {
         }
     }
 
+    /// A row not tried, saying why.
     fn skipped(attack: &'static str, expected: Expect, why: &str) -> Row {
         Row {
             attack,
@@ -756,6 +762,7 @@ fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     })
 }
 
+/// The machine-readable report.
 fn report_json(args: &Args, rows: &[Row]) -> serde_json::Value {
     let got_in: Vec<&str> = rows
         .iter()
@@ -776,6 +783,7 @@ fn report_json(args: &Args, rows: &[Row]) -> serde_json::Value {
     })
 }
 
+/// The report as a table for a person.
 fn report_table(args: &Args, rows: &[Row]) -> String {
     let width = rows
         .iter()
@@ -806,4 +814,105 @@ fn report_table(args: &Args, rows: &[Row]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed CA written to `dir` as `NAME.pem` and `NAME.key`.
+    fn write_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let key = new_key().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let mut params = leaf_params(
+            name,
+            now - time::Duration::days(1),
+            now + time::Duration::days(1),
+        )
+        .unwrap();
+        params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.extended_key_usages = Vec::new();
+        let cert = params.self_signed(&key).unwrap();
+        let (cert_path, key_path) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+
+    fn revoked_serials(path: &Path) -> Vec<Vec<u8>> {
+        let der = CertificateRevocationListDer::from_pem_file(path).unwrap();
+        let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
+        crl.iter_revoked_certificates()
+            .map(|r| r.raw_serial().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn crl_keeps_earlier_revocations_and_names_the_ca_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_ca(dir.path(), "ca");
+        let ca = load_ca(&cert, &key).unwrap();
+        let crl = dir.path().join("crl.pem");
+        let (first, second) = (vec![0x41; 16], vec![0x42; 16]);
+        write_crl(&crl, &ca, &first).unwrap();
+        write_crl(&crl, &ca, &second).unwrap();
+        assert_eq!(revoked_serials(&crl), vec![first, second]);
+
+        let der = CertificateRevocationListDer::from_pem_file(&crl).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_crl(&der).unwrap();
+        let aki = parsed
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            });
+        let KeyIdMethod::PreSpecified(ski) = &ca.key_id else {
+            panic!("the CA has a subject key identifier")
+        };
+        assert_eq!(
+            aki.as_ref(),
+            Some(ski),
+            "the CRL's AKI must be the CA's SKI"
+        );
+    }
+
+    #[test]
+    fn crl_of_another_issuer_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_ca(dir.path(), "ca");
+        let (other_cert, other_key) = write_ca(dir.path(), "other");
+        let crl = dir.path().join("crl.pem");
+        write_crl(
+            &crl,
+            &load_ca(&other_cert, &other_key).unwrap(),
+            &[0x41; 16],
+        )
+        .unwrap();
+        let before = std::fs::read(&crl).unwrap();
+        let err = write_crl(&crl, &load_ca(&cert, &key).unwrap(), &[0x42; 16]).unwrap_err();
+        assert!(format!("{err:#}").contains("another issuer"), "{err:#}");
+        assert_eq!(std::fs::read(&crl).unwrap(), before);
+
+        std::fs::write(&crl, "garbage").unwrap();
+        let err = write_crl(&crl, &load_ca(&cert, &key).unwrap(), &[0x42; 16]).unwrap_err();
+        assert!(format!("{err:#}").contains("crl.pem"), "{err:#}");
+    }
+
+    #[test]
+    fn ca_key_must_match_ca_cert() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = write_ca(dir.path(), "ca");
+        let (_, other_key) = write_ca(dir.path(), "other");
+        let err = load_ca(&cert, &other_key)
+            .err()
+            .expect("a mismatched key is refused");
+        assert!(format!("{err:#}").contains("does not belong"), "{err:#}");
+    }
 }

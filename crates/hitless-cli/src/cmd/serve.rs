@@ -202,6 +202,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Runs a [`Plan`] until SIGINT or SIGTERM.
 pub fn run_plan(plan: Plan) -> anyhow::Result<ExitCode> {
+    let (identities, trust) = load_credentials(&plan)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(plan, identities, trust, shutdown_signal(), None))
+}
+
+/// Loads the plan's identities and client trust (or starts them empty, to wait for them).
+pub fn load_credentials(plan: &Plan) -> anyhow::Result<(ServerIdentities, Option<ReloadingTrust>)> {
     // aws-lc checks once per process, on first use of its random generator, whether it runs in
     // a VM snapshot (/dev/sysgenid): do it now, not during the first handshake.
     let mut warm = [0u8; 16];
@@ -237,17 +247,24 @@ pub fn run_plan(plan: Plan) -> anyhow::Result<ExitCode> {
                 .context("no valid client trust bundle")?,
         ),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(serve(plan, identities, trust))
+    Ok((identities, trust))
 }
 
-async fn serve(
+/// What an in-process caller (the demo) gets once the server listens.
+pub struct Started {
+    /// The TLS listener's address.
+    pub local: SocketAddr,
+    /// Status and metrics.
+    pub observed: Arc<Observed>,
+}
+
+/// Serves until `shutdown` resolves; tells `started` where it listens once it does.
+pub async fn serve(
     plan: Plan,
     identities: ServerIdentities,
     trust: Option<ReloadingTrust>,
+    shutdown: impl std::future::Future<Output = ()>,
+    started: Option<tokio::sync::oneshot::Sender<Started>>,
 ) -> anyhow::Result<ExitCode> {
     let observed = Observed::new(identities.clone(), trust.clone());
     if let Some(addr) = plan.admin {
@@ -261,7 +278,6 @@ async fn serve(
         tokio::spawn(admin::serve_admin(admin, observed.clone()));
     }
     spawn_sighup_reload(identities.clone(), trust.clone());
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
 
     if !observed.all_loaded() {
@@ -306,6 +322,12 @@ async fn serve(
         .with_context(|| format!("cannot listen on {}", plan.listen))?;
     let local = listener.local_addr().context("listener has no address")?;
     observed.ready.store(true, Ordering::SeqCst);
+    if let Some(started) = started {
+        let _ = started.send(Started {
+            local,
+            observed: observed.clone(),
+        });
+    }
     tracing::info!(
         listen = %local,
         identities = plan.identities.len(),

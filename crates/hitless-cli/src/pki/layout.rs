@@ -1,12 +1,14 @@
 //! How an issued identity lands on disk: the layouts and write patterns of real agents, so
 //! `hitless agent` (and the demo) exercise what a reloading service meets in production.
 //!
-//! | layout    | files (under the output directory)                     | written like            |
-//! |-----------|--------------------------------------------------------|-------------------------|
-//! | `bundle`  | `identity.pem`: leaf, issuing CA, key                  | OpenBao/Vault Agent     |
-//! | `pair`    | `tls.crt` (leaf + intermediate), `tls.key`             | most agents, cron jobs  |
-//! | `k8s`     | `tls.crt`, `tls.key`, `ca.crt` → `..data/…` symlinks   | the kubelet's Secret volume |
-//! | `certbot` | `live/NAME/{cert,chain,fullchain,privkey}.pem` → `archive/NAME/…N.pem` | certbot |
+//! ```text
+//! layout   files under the output directory                             written like
+//! bundle   identity.pem: leaf, issuing CA, key                          OpenBao/Vault Agent
+//! pair     tls.crt (leaf + intermediate), tls.key                       most agents, cron jobs
+//! k8s      tls.crt, tls.key, ca.crt -> ..data/NAME -> ..TIMESTAMP/NAME  the kubelet (Secret)
+//! certbot  live/NAME/{cert,chain,fullchain,privkey}.pem                 certbot
+//!          -> ../../archive/NAME/{cert,chain,fullchain,privkey}N.pem
+//! ```
 //!
 //! Write modes for `bundle` and `pair`: [`WriteMode::Rename`] (temp file in the same directory,
 //! fsync, `rename(2)`: readers see the old or the new file, never a partial one) and

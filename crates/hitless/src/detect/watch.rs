@@ -73,7 +73,10 @@ impl WatchState {
                         target
                             .paths()
                             .iter()
-                            .flat_map(|p| symlink_chain(p))
+                            // Absolute, so that event paths (absolute, as the watched
+                            // directory is) compare equal to a relative path given by the user.
+                            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+                            .flat_map(|p| symlink_chain(&p))
                             .collect()
                     })
                     .unwrap_or_default()

@@ -1,0 +1,1329 @@
+//! `hitless demo`: the whole system on one machine, live.
+//!
+//! In a temporary directory: two development CAs; agents rotating the server identity (one
+//! bundle file replaced by rename, as an OpenBao/Vault Agent does) and the client identity (a
+//! Kubernetes Secret volume, `..data` symlink swap) every few seconds; `hitless serve` (mutual
+//! TLS, reloading identity, client CAs and CRL) in process; clients making a new full handshake
+//! per request; long-lived keep-alive connections that must survive every rotation; and the
+//! prober (`hitless probe`, the real command) every few seconds. On a schedule it injects bad
+//! writes (a truncated bundle, a bundle whose key does not match), revokes a client certificate,
+//! and rotates the client CA itself (trust CA1+CA2 → issue from CA2 → trust CA2 only).
+//!
+//! A live terminal view shows it (or periodic lines with `--no-tui` or when stdout is not a
+//! terminal); a summary ends it. Exit 0 only if no handshake or request failed, every probe
+//! attack was refused, every bad write was refused and reported, the revoked client was
+//! refused, no long-lived connection was lost, and every kind of rotation happened.
+
+use std::collections::VecDeque;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use hitless::{
+    Detection, Event, IdentitySource, MemberOptions, ReloadingClientConfig, ReloadingIdentity,
+    ReloadingTrust, TrustSource,
+};
+use serde_json::Value;
+
+use crate::admin::Observed;
+use crate::client::{self, Target};
+use crate::cmd::serve::{self, Plan};
+use crate::pki::layout::{self, Layout, Output, WriteMode};
+use crate::pki::{DevCa, Issued, Kind, LeafSpec};
+
+/// Flags of `hitless demo`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Example:
+  hitless demo                       # 60 s, live view; q or Ctrl-C ends it early
+  hitless demo --duration 30s --no-tui")]
+pub struct Args {
+    /// How long the demo runs.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub duration: Duration,
+    /// How often the agents rotate the server and client identities.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    pub rotate_every: Duration,
+    /// Print periodic lines instead of the live terminal view.
+    #[arg(long)]
+    pub no_tui: bool,
+    /// Clients making a new full handshake per request.
+    #[arg(long, default_value_t = 3)]
+    pub clients: usize,
+    /// Long-lived keep-alive connections that must survive every rotation.
+    #[arg(long, default_value_t = 2)]
+    pub keep_alive: usize,
+    /// Requests per second of each client.
+    #[arg(long, default_value_t = 25.0)]
+    pub rate: f64,
+    /// How often the prober runs.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "8s")]
+    pub probe_every: Duration,
+    /// Keep the temporary directory (its path is printed) instead of removing it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Counters and facts shared by every task of the demo and read by the view.
+#[derive(Default)]
+struct Board {
+    requests_ok: AtomicU64,
+    requests_failed: AtomicU64,
+    keep_alive_requests: AtomicU64,
+    keep_alive_alive: AtomicU64,
+    keep_alive_lost: AtomicU64,
+    server_rotations: AtomicU64,
+    client_rotations: AtomicU64,
+    ca_rotations: AtomicU64,
+    revocations_refused: AtomicU64,
+    bad_writes: AtomicU64,
+    bad_writes_refused: AtomicU64,
+    probes_run: AtomicU64,
+    probes_passed: AtomicU64,
+    probe_attacks_refused: AtomicU64,
+    probe_attacks_got_in: AtomicU64,
+    failures: Mutex<Vec<String>>,
+    events: Mutex<VecDeque<String>>,
+    client_generation: AtomicU64,
+    client_serial: Mutex<String>,
+    client_ca: Mutex<String>,
+    stop: AtomicBool,
+}
+
+impl Board {
+    fn event(&self, started: Instant, text: impl Into<String>) {
+        let line = format!("{:>5.1}s  {}", started.elapsed().as_secs_f64(), text.into());
+        let mut events = crate::lock(&self.events);
+        events.push_back(line);
+        while events.len() > 200 {
+            events.pop_front();
+        }
+    }
+
+    fn failure(&self, started: Instant, what: String) {
+        self.event(started, format!("FAILURE: {what}"));
+        crate::lock(&self.failures).push(what);
+    }
+
+    fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// The files of the sandbox.
+struct Sandbox {
+    dir: PathBuf,
+    ca1: DevCa,
+    ca1_dir: PathBuf,
+    ca2: DevCa,
+    ca2_dir: PathBuf,
+    server_out: Output,
+    client_out: Output,
+    clients_ca: PathBuf,
+    crl: PathBuf,
+    server_ca: PathBuf,
+}
+
+impl Sandbox {
+    fn create(dir: &Path) -> anyhow::Result<Sandbox> {
+        let ca1_dir = dir.join("ca1");
+        let ca2_dir = dir.join("ca2");
+        let ca1 = DevCa::init(&ca1_dir, crate::pki::KeyType::EcP256, false)?;
+        let ca2 = DevCa::init(&ca2_dir, crate::pki::KeyType::EcP256, false)?;
+        let server_out = Output {
+            dir: dir.join("server"),
+            name: "localhost".into(),
+            layout: Layout::Bundle,
+            write: WriteMode::Rename,
+            in_place_pause: Duration::from_millis(50),
+        };
+        let client_out = Output {
+            dir: dir.join("client"),
+            name: "demo-client".into(),
+            layout: Layout::K8s,
+            write: WriteMode::Rename,
+            in_place_pause: Duration::from_millis(50),
+        };
+        let clients_ca = dir.join("clients-ca.pem");
+        let crl = dir.join("clients.crl");
+        let server_ca = dir.join("server-ca.pem");
+        layout::write_atomic(&clients_ca, ca1.root_pem().as_bytes(), 0o644)?;
+        layout::write_atomic(&server_ca, ca1.root_pem().as_bytes(), 0o644)?;
+        let (crl_pem, _) = ca1.crl(Duration::from_secs(3600))?;
+        layout::write_atomic(&crl, crl_pem.as_bytes(), 0o644)?;
+        Ok(Sandbox {
+            dir: dir.to_owned(),
+            ca1,
+            ca1_dir,
+            ca2,
+            ca2_dir,
+            server_out,
+            client_out,
+            clients_ca,
+            crl,
+            server_ca,
+        })
+    }
+
+    fn issue(&self, ca: &DevCa, kind: Kind, name: &str, ttl: Duration) -> anyhow::Result<Issued> {
+        ca.issue(&LeafSpec {
+            name: name.into(),
+            kind,
+            key_type: crate::pki::KeyType::EcP256,
+            ttl,
+            dns: Vec::new(),
+            ips: Vec::new(),
+        })
+    }
+}
+
+/// Runs the demo.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.duration < Duration::from_secs(10) {
+        bail!("--duration must be at least 10s to fit every step of the demo");
+    }
+    if args.rotate_every < Duration::from_millis(200) {
+        bail!("--rotate-every must be at least 200ms");
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("hitless-demo-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let tui = !args.no_tui && std::io::stdout().is_terminal();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(demo(&args, tmp.path(), tui));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    if args.keep {
+        let kept = tmp.keep();
+        println!("sandbox kept in {}", kept.display());
+    }
+    result
+}
+
+async fn demo(args: &Args, dir: &Path, tui: bool) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let board = Arc::new(Board::default());
+    let sandbox = Arc::new(Sandbox::create(dir)?);
+    // Long enough that "expiring soon" (a third of the lifetime left, the CA backdates a
+    // minute) is never reached between two rotations.
+    let ttl = (args.rotate_every * 10).max(Duration::from_secs(60));
+
+    // First identities, then the server.
+    let first_server = sandbox.issue(&sandbox.ca1, Kind::Server, "localhost", ttl)?;
+    sandbox.server_out.write(&first_server)?;
+    let first_client = sandbox.issue(&sandbox.ca1, Kind::Client, "demo-client", ttl)?;
+    sandbox.client_out.write(&first_client)?;
+    *crate::lock(&board.client_serial) = first_client.serial_hex();
+    *crate::lock(&board.client_ca) = "CA1".into();
+
+    let plan = Plan {
+        listen: "127.0.0.1:0".parse()?,
+        admin: None,
+        identities: vec![(
+            IdentitySource::bundle(sandbox.server_out.dir.join(layout::BUNDLE_FILE)),
+            MemberOptions::named("server"),
+        )],
+        trust: Some(TrustSource::cas([&sandbox.clients_ca]).with_crls([&sandbox.crl])),
+        detection: Detection::Watch,
+        quiet: Duration::from_millis(200),
+        accept_expired: false,
+        expiring_soon: 1.0 / 3.0,
+        wait: Duration::ZERO,
+        drop_untrusted: false,
+        shutdown_timeout: Duration::from_secs(2),
+    };
+    let (identities, trust) = serve::load_credentials(&plan)?;
+    let server_trust = trust.clone();
+    {
+        let (b, s) = (board.clone(), started);
+        identities.subscribe(move |e| match e {
+            Event::Reloaded { generation, .. } if *generation > 1 => {
+                b.server_rotations.fetch_add(1, Ordering::Relaxed);
+                b.event(
+                    s,
+                    format!("server identity reloaded: generation {generation}"),
+                );
+            }
+            Event::ReloadFailed { error, .. } => {
+                b.bad_writes_refused.fetch_add(1, Ordering::Relaxed);
+                b.event(
+                    s,
+                    format!("server kept its last good identity: {}", error.message),
+                );
+            }
+            _ => {}
+        });
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(serve::serve(
+        plan,
+        identities,
+        trust,
+        async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        },
+        Some(started_tx),
+    ));
+    let serve::Started { local, observed } = started_rx
+        .await
+        .context("the server did not start (see the log above)")?;
+    let target = Target::parse(&format!("https://localhost:{}/", local.port()), None)?;
+    board.event(started, format!("server listening on {local} (mutual TLS)"));
+
+    // The clients' own reloading credentials: the k8s volume and the server CA.
+    let client_identity = ReloadingIdentity::builder(IdentitySource::pair(
+        sandbox.client_out.dir.join(layout::TLS_CRT_FILE),
+        sandbox.client_out.dir.join(layout::TLS_KEY_FILE),
+    ))
+    .name("client")
+    .build()?;
+    {
+        let b = board.clone();
+        client_identity.subscribe(move |e| {
+            if let Event::Reloaded { generation, .. } = e {
+                b.client_generation.store(*generation, Ordering::Relaxed);
+            }
+        });
+        board.client_generation.store(1, Ordering::Relaxed);
+    }
+    let client_trust = ReloadingTrust::builder(TrustSource::cas([&sandbox.server_ca]))
+        .name("server-trust")
+        .build()?;
+    let client_config = ReloadingClientConfig::builder(client_trust)
+        .identities(vec![client_identity.clone()])
+        .configure(|c| {
+            c.resumption = rustls::client::Resumption::disabled();
+            c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        })
+        .build()?;
+
+    let mut tasks = Vec::new();
+    for i in 0..args.clients {
+        tasks.push(tokio::spawn(client_loop(
+            i,
+            target.clone(),
+            client_config.clone(),
+            board.clone(),
+            started,
+            args.rate,
+        )));
+    }
+    for i in 0..args.keep_alive {
+        tasks.push(tokio::spawn(keep_alive_loop(
+            i,
+            target.clone(),
+            client_config.clone(),
+            board.clone(),
+            started,
+        )));
+    }
+    tasks.push(tokio::spawn(agent_loop(
+        sandbox.clone(),
+        board.clone(),
+        started,
+        args.rotate_every,
+        ttl,
+    )));
+    tasks.push(tokio::spawn(probe_loop(
+        sandbox.clone(),
+        board.clone(),
+        started,
+        target.clone(),
+        args.probe_every,
+    )));
+    tasks.push(tokio::spawn(script(
+        sandbox.clone(),
+        board.clone(),
+        started,
+        args.duration,
+        target.clone(),
+        client_config.clone(),
+        server_trust,
+        observed.clone(),
+        ttl,
+    )));
+
+    let view = View {
+        board: board.clone(),
+        observed: observed.clone(),
+        client_identity: client_identity.clone(),
+        started,
+        duration: args.duration,
+        dir: sandbox.dir.clone(),
+    };
+    let interrupted = if tui {
+        view.run_tui().await?
+    } else {
+        view.run_lines().await
+    };
+
+    board.stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    let summary = view.summary(interrupted);
+    println!("{}", summary.text);
+    Ok(if summary.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A client making a new connection (full handshake) per request.
+async fn client_loop(
+    index: usize,
+    target: Target,
+    config: ReloadingClientConfig,
+    board: Arc<Board>,
+    started: Instant,
+    rate: f64,
+) {
+    let pause = Duration::from_secs_f64(1.0 / rate.max(0.1));
+    while !board.stop.load(Ordering::Relaxed) {
+        let result = async {
+            let mut conn = client::connect(&target, config.current()).await?;
+            let reply = conn.get(&target).await;
+            conn.close().await;
+            reply
+        };
+        match tokio::time::timeout(Duration::from_secs(10), result).await {
+            Ok(Ok(reply)) if reply.status.is_success() => {
+                board.requests_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Ok(reply)) => {
+                board.requests_failed.fetch_add(1, Ordering::Relaxed);
+                board.failure(started, format!("client {index}: HTTP {}", reply.status));
+            }
+            Ok(Err(f)) => {
+                board.requests_failed.fetch_add(1, Ordering::Relaxed);
+                board.failure(started, format!("client {index}: {}", f.detail()));
+            }
+            Err(_) => {
+                board.requests_failed.fetch_add(1, Ordering::Relaxed);
+                board.failure(started, format!("client {index}: request timed out"));
+            }
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// A long-lived connection sending a request every half second; it must never break.
+async fn keep_alive_loop(
+    index: usize,
+    target: Target,
+    config: ReloadingClientConfig,
+    board: Arc<Board>,
+    started: Instant,
+) {
+    let mut conn = match client::connect(&target, config.current()).await {
+        Ok(c) => c,
+        Err(f) => {
+            board.keep_alive_lost.fetch_add(1, Ordering::Relaxed);
+            board.failure(started, format!("keep-alive {index}: {}", f.detail()));
+            return;
+        }
+    };
+    board.keep_alive_alive.fetch_add(1, Ordering::Relaxed);
+    while !board.stop.load(Ordering::Relaxed) {
+        match tokio::time::timeout(Duration::from_secs(10), conn.get(&target)).await {
+            Ok(Ok(reply)) if reply.status.is_success() => {
+                board.keep_alive_requests.fetch_add(1, Ordering::Relaxed);
+            }
+            other => {
+                let why = match other {
+                    Ok(Ok(reply)) => format!("HTTP {}", reply.status),
+                    Ok(Err(f)) => f.detail(),
+                    Err(_) => "timed out".into(),
+                };
+                board.keep_alive_alive.fetch_sub(1, Ordering::Relaxed);
+                board.keep_alive_lost.fetch_add(1, Ordering::Relaxed);
+                board.failure(started, format!("keep-alive {index} lost: {why}"));
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    conn.close().await;
+}
+
+/// The agents: rotate the server identity (bundle, rename) and the client identity (k8s
+/// `..data` swap), alternately, every `every`; the client CA follows the script's switch.
+async fn agent_loop(
+    sandbox: Arc<Sandbox>,
+    board: Arc<Board>,
+    started: Instant,
+    every: Duration,
+    ttl: Duration,
+) {
+    let mut tick = tokio::time::interval(every / 2);
+    tick.tick().await;
+    let mut server_turn = true;
+    while !board.stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        if board.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let sb = sandbox.clone();
+        let on_ca2 = crate::lock(&board.client_ca).as_str() == "CA2";
+        let result = tokio::task::spawn_blocking(move || -> anyhow::Result<(String, String)> {
+            if server_turn {
+                let issued = sb.issue(&sb.ca1, Kind::Server, "localhost", ttl)?;
+                sb.server_out.write(&issued)?;
+                Ok(("server".into(), issued.serial_hex()))
+            } else {
+                let ca = if on_ca2 { &sb.ca2 } else { &sb.ca1 };
+                let issued = sb.issue(ca, Kind::Client, "demo-client", ttl)?;
+                sb.client_out.write(&issued)?;
+                Ok(("client".into(), issued.serial_hex()))
+            }
+        })
+        .await;
+        match result {
+            Ok(Ok((who, serial))) => {
+                if who == "client" {
+                    board.client_rotations.fetch_add(1, Ordering::Relaxed);
+                    *crate::lock(&board.client_serial) = serial.clone();
+                    board.event(
+                        started,
+                        format!(
+                            "agent wrote a new client identity ({}), serial {}",
+                            if on_ca2 { "CA2" } else { "CA1" },
+                            short(&serial)
+                        ),
+                    );
+                } else {
+                    board.event(
+                        started,
+                        format!(
+                            "agent wrote a new server identity, serial {}",
+                            short(&serial)
+                        ),
+                    );
+                }
+            }
+            Ok(Err(e)) => board.failure(started, format!("agent: {e:#}")),
+            Err(e) => board.failure(started, format!("agent task: {e}")),
+        }
+        server_turn = !server_turn;
+    }
+}
+
+/// Runs `hitless probe` (the real command) every `every`.
+async fn probe_loop(
+    sandbox: Arc<Sandbox>,
+    board: Arc<Board>,
+    started: Instant,
+    target: Target,
+    every: Duration,
+) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while !board.stop.load(Ordering::Relaxed) {
+        let ca_dir = if crate::lock(&board.client_ca).as_str() == "CA2" {
+            sandbox.ca2_dir.clone()
+        } else {
+            sandbox.ca1_dir.clone()
+        };
+        match run_probe(&sandbox, &target, &ca_dir).await {
+            Ok(report) => {
+                board.probes_run.fetch_add(1, Ordering::Relaxed);
+                let attacks = report["attacks"].as_array().cloned().unwrap_or_default();
+                let mut refused = 0;
+                let mut got_in = Vec::new();
+                for a in &attacks {
+                    if a["expected"] == "refused" {
+                        if a["result"] == "refused" {
+                            refused += 1;
+                        } else if a["result"] != "skipped" {
+                            got_in.push(a["attack"].as_str().unwrap_or("?").to_string());
+                        }
+                    }
+                }
+                board
+                    .probe_attacks_refused
+                    .fetch_add(refused, Ordering::Relaxed);
+                if report["passed"] == true && got_in.is_empty() {
+                    board.probes_passed.fetch_add(1, Ordering::Relaxed);
+                    board.event(started, format!("probe: all {refused} attacks refused"));
+                } else {
+                    board
+                        .probe_attacks_got_in
+                        .fetch_add(got_in.len() as u64, Ordering::Relaxed);
+                    board.failure(
+                        started,
+                        format!("probe failed: {got_in:?} {}", report["got_in"]),
+                    );
+                }
+            }
+            Err(e) => {
+                board.probes_run.fetch_add(1, Ordering::Relaxed);
+                board.failure(started, format!("probe could not run: {e:#}"));
+            }
+        }
+        let until = Instant::now() + every;
+        while Instant::now() < until && !board.stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn run_probe(sandbox: &Sandbox, target: &Target, ca_dir: &Path) -> anyhow::Result<Value> {
+    let exe = std::env::current_exe().context("cannot find the hitless executable")?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("probe")
+        .arg(format!("https://localhost:{}/", target.port))
+        .arg("--ca")
+        .arg(&sandbox.server_ca)
+        .arg("--ca-cert")
+        .arg(ca_dir.join(crate::pki::INTERMEDIATE_CERT_FILE))
+        .arg("--ca-key")
+        .arg(ca_dir.join(crate::pki::INTERMEDIATE_KEY_FILE))
+        .arg("--json")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .context("probe timed out")?
+        .context("cannot run probe")?;
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "probe printed no JSON (exit {:?}): {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The scripted events: bad writes, a revocation, the client CA rotation.
+#[allow(clippy::too_many_arguments)]
+async fn script(
+    sandbox: Arc<Sandbox>,
+    board: Arc<Board>,
+    started: Instant,
+    duration: Duration,
+    target: Target,
+    config: ReloadingClientConfig,
+    server_trust: Option<ReloadingTrust>,
+    observed: Arc<Observed>,
+    ttl: Duration,
+) {
+    let at = |fraction: f64| started + duration.mul_f64(fraction);
+    let wait_until = |t: Instant| {
+        let board = board.clone();
+        async move {
+            while Instant::now() < t && !board.stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            !board.stop.load(Ordering::Relaxed)
+        }
+    };
+    let Some(trust) = server_trust else {
+        return;
+    };
+
+    // 1. A truncated bundle, then one whose key does not match: the last good identity holds.
+    if !wait_until(at(0.15)).await {
+        return;
+    }
+    let bundle = sandbox.server_out.dir.join(layout::BUNDLE_FILE);
+    let truncated = match std::fs::read(&bundle) {
+        Ok(b) => b[..b.len() / 2].to_vec(),
+        Err(e) => {
+            board.failure(
+                started,
+                format!("script: cannot read {}: {e}", bundle.display()),
+            );
+            return;
+        }
+    };
+    bad_write(
+        &board,
+        started,
+        &observed,
+        &bundle,
+        &truncated,
+        "truncated bundle",
+    )
+    .await;
+    if !wait_until(at(0.25)).await {
+        return;
+    }
+    let mismatched = match (
+        sandbox.issue(&sandbox.ca1, Kind::Server, "localhost", ttl),
+        sandbox.issue(&sandbox.ca1, Kind::Server, "localhost", ttl),
+    ) {
+        (Ok(a), Ok(b)) => format!("{}{}", a.fullchain_pem(), b.key_pem),
+        _ => {
+            board.failure(started, "script: cannot issue".into());
+            return;
+        }
+    };
+    bad_write(
+        &board,
+        started,
+        &observed,
+        &bundle,
+        mismatched.as_bytes(),
+        "mismatched key",
+    )
+    .await;
+
+    // 2. Revoke a client certificate: accepted before, refused after the CRL reload.
+    if !wait_until(at(0.35)).await {
+        return;
+    }
+    revoke(&sandbox, &board, started, &target, &config, &trust, ttl).await;
+
+    // 3. Rotate the client CA: trust CA1+CA2, issue from CA2, trust CA2 only.
+    if !wait_until(at(0.5)).await {
+        return;
+    }
+    rotate_ca(&sandbox, &board, started, &trust).await;
+}
+
+async fn bad_write(
+    board: &Board,
+    started: Instant,
+    observed: &Observed,
+    bundle: &Path,
+    contents: &[u8],
+    what: &str,
+) {
+    let before = board.bad_writes_refused.load(Ordering::Relaxed);
+    let generation = observed.identities.members()[0].0.generation;
+    if let Err(e) = layout::write_atomic(bundle, contents, 0o600) {
+        board.failure(started, format!("bad write: {e:#}"));
+        return;
+    }
+    board.bad_writes.fetch_add(1, Ordering::Relaxed);
+    board.event(started, format!("injected a bad write: {what}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while board.bad_writes_refused.load(Ordering::Relaxed) == before {
+        if Instant::now() > deadline {
+            board.failure(started, format!("bad write ({what}) was not reported"));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let now = observed.identities.members()[0].0.generation;
+    if now != generation {
+        board.failure(
+            started,
+            format!("bad write ({what}) changed the generation"),
+        );
+    }
+}
+
+async fn revoke(
+    sandbox: &Sandbox,
+    board: &Board,
+    started: Instant,
+    target: &Target,
+    config: &ReloadingClientConfig,
+    trust: &ReloadingTrust,
+    ttl: Duration,
+) {
+    let result: anyhow::Result<()> = async {
+        let doomed = sandbox.issue(&sandbox.ca1, Kind::Client, "doomed-client", ttl)?;
+        let doomed_config = single_client_config(sandbox, &doomed)?;
+        let mut conn = client::connect(target, doomed_config.clone())
+            .await
+            .map_err(|f| anyhow::anyhow!(f.detail()))?;
+        conn.get(target).await.map_err(|f| {
+            anyhow::anyhow!(
+                "doomed client refused before its revocation: {}",
+                f.detail()
+            )
+        })?;
+        conn.close().await;
+        let generation = trust.status().generation;
+        sandbox.ca1.revoke(&doomed.serial_hex())?;
+        let (crl, _) = sandbox.ca1.crl(Duration::from_secs(3600))?;
+        layout::write_atomic(&sandbox.crl, crl.as_bytes(), 0o644)?;
+        board.event(
+            started,
+            format!(
+                "revoked client serial {} and wrote the CRL",
+                short(&doomed.serial_hex())
+            ),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while trust.status().generation == generation {
+            if Instant::now() > deadline {
+                bail!("the server did not load the new CRL");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let attempt = async {
+            let mut conn = client::connect(target, doomed_config).await?;
+            conn.get(target).await
+        };
+        match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+            Ok(Err(f)) if f.refused_by_server() => {
+                board.revocations_refused.fetch_add(1, Ordering::Relaxed);
+                board.event(started, "revoked client refused on a new handshake");
+                Ok(())
+            }
+            Ok(Err(f)) => bail!("revoked client: unexpected failure {}", f.detail()),
+            Ok(Ok(_)) => bail!("REVOKED CLIENT GOT IN"),
+            Err(_) => bail!("revoked client: timed out"),
+        }
+    }
+    .await;
+    let _ = config;
+    if let Err(e) = result {
+        board.failure(started, format!("revocation: {e:#}"));
+    }
+}
+
+/// A client configuration presenting one fixed certificate (the doomed client's).
+fn single_client_config(
+    sandbox: &Sandbox,
+    issued: &Issued,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(
+        sandbox.ca1.root_pem().as_bytes(),
+    )?)?;
+    let chain = CertificateDer::pem_slice_iter(issued.fullchain_pem().as_bytes())
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())?;
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    config.resumption = rustls::client::Resumption::disabled();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+async fn rotate_ca(sandbox: &Sandbox, board: &Board, started: Instant, trust: &ReloadingTrust) {
+    let result: anyhow::Result<()> = async {
+        let both = format!(
+            "{}{}",
+            with_newline(sandbox.ca1.root_pem()),
+            with_newline(sandbox.ca2.root_pem())
+        );
+        swap_trust(trust, &sandbox.clients_ca, &both).await?;
+        board.event(started, "CA rotation 1/3: the server trusts CA1 + CA2");
+        let generation = board.client_generation.load(Ordering::Relaxed);
+        *crate::lock(&board.client_ca) = "CA2".into();
+        // Wait for the agent's next client rotation, now issued by CA2, to be loaded.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while board.client_generation.load(Ordering::Relaxed) <= generation + 1 {
+            if Instant::now() > deadline {
+                bail!("the client identity was not re-issued by CA2");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        board.event(started, "CA rotation 2/3: clients present CA2 certificates");
+        swap_trust(
+            trust,
+            &sandbox.clients_ca,
+            &with_newline(sandbox.ca2.root_pem()),
+        )
+        .await?;
+        board.ca_rotations.fetch_add(1, Ordering::Relaxed);
+        board.event(started, "CA rotation 3/3: the server trusts CA2 only");
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        board.failure(started, format!("CA rotation: {e:#}"));
+    }
+}
+
+async fn swap_trust(trust: &ReloadingTrust, path: &Path, contents: &str) -> anyhow::Result<()> {
+    let generation = trust.status().generation;
+    layout::write_atomic(path, contents.as_bytes(), 0o644)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while trust.status().generation == generation {
+        if Instant::now() > deadline {
+            bail!("the server did not reload {}", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+fn with_newline(s: &str) -> String {
+    if s.ends_with('\n') {
+        s.to_string()
+    } else {
+        format!("{s}\n")
+    }
+}
+
+fn short(serial: &str) -> String {
+    let s: String = serial.chars().filter(|c| *c != ':').collect();
+    s.chars().take(12).collect()
+}
+
+/// The live view and the summary.
+struct View {
+    board: Arc<Board>,
+    observed: Arc<Observed>,
+    client_identity: ReloadingIdentity,
+    started: Instant,
+    duration: Duration,
+    dir: PathBuf,
+}
+
+/// One sample of everything the view shows.
+struct Sample {
+    elapsed: Duration,
+    server_generation: u64,
+    server_serial: String,
+    server_expires_in: i64,
+    client_generation: u64,
+    client_serial: String,
+    client_expires_in: i64,
+    trust_generation: u64,
+    trust_cas: Vec<String>,
+    crl_revoked: usize,
+    requests_ok: u64,
+    requests_failed: u64,
+    rate: f64,
+    keep_alive: (u64, u64, u64),
+    probes: (u64, u64, u64),
+    server_rotations: u64,
+    client_rotations: u64,
+    ca_rotations: u64,
+    revocations_refused: u64,
+    bad_writes: (u64, u64),
+    handshakes_refused: u64,
+}
+
+impl View {
+    fn sample(&self, previous: Option<(&Sample, Duration)>) -> Sample {
+        let now = SystemTime::now();
+        let secs = |t: Option<SystemTime>| {
+            t.map_or(0, |t| match t.duration_since(now) {
+                Ok(d) => d.as_secs() as i64,
+                Err(e) => -(e.duration().as_secs() as i64),
+            })
+        };
+        let (server_status, server) = self
+            .observed
+            .identities
+            .members()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| (self.client_identity.status(), None));
+        let client = self.client_identity.current();
+        let trust = self.observed.trust.as_ref().and_then(|t| t.current());
+        let b = &self.board;
+        let ok = Board::get(&b.requests_ok);
+        let rate = match previous {
+            Some((p, dt)) if !dt.is_zero() => (ok - p.requests_ok) as f64 / dt.as_secs_f64(),
+            _ => 0.0,
+        };
+        let refused: u64 = self
+            .observed
+            .metrics_text()
+            .lines()
+            .filter(|l| l.starts_with("hitless_handshakes_total{") && l.contains("refused"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        Sample {
+            elapsed: self.started.elapsed(),
+            server_generation: server_status.generation,
+            server_serial: server
+                .as_ref()
+                .map(|s| short(&s.value.leaf().serial))
+                .unwrap_or_default(),
+            server_expires_in: secs(server.as_ref().map(|s| s.value.leaf().not_after)),
+            client_generation: client.as_ref().map_or(0, |c| c.generation),
+            client_serial: client
+                .as_ref()
+                .map(|s| short(&s.value.leaf().serial))
+                .unwrap_or_default(),
+            client_expires_in: secs(client.as_ref().map(|s| s.value.leaf().not_after)),
+            trust_generation: trust.as_ref().map_or(0, |t| t.generation),
+            trust_cas: trust
+                .as_ref()
+                .map(|t| {
+                    t.value
+                        .cas()
+                        .iter()
+                        .map(|c| c.subject.replace("CN=", ""))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            crl_revoked: trust
+                .as_ref()
+                .map_or(0, |t| t.value.crls().iter().map(|c| c.revoked).sum()),
+            requests_ok: ok,
+            requests_failed: Board::get(&b.requests_failed),
+            rate,
+            keep_alive: (
+                Board::get(&b.keep_alive_alive),
+                Board::get(&b.keep_alive_lost),
+                Board::get(&b.keep_alive_requests),
+            ),
+            probes: (
+                Board::get(&b.probes_run),
+                Board::get(&b.probes_passed),
+                Board::get(&b.probe_attacks_refused),
+            ),
+            server_rotations: Board::get(&b.server_rotations),
+            client_rotations: Board::get(&b.client_rotations),
+            ca_rotations: Board::get(&b.ca_rotations),
+            revocations_refused: Board::get(&b.revocations_refused),
+            bad_writes: (Board::get(&b.bad_writes), Board::get(&b.bad_writes_refused)),
+            handshakes_refused: refused,
+        }
+    }
+
+    fn line(&self, s: &Sample) -> String {
+        format!(
+            "[{:>5.1}s] server gen {} serial {} expires in {}s | client gen {} serial {} | trust gen {} [{}] crl {} revoked | ok {} failed {} ({:.0}/s) | keep-alive {} alive {} lost | probes {}/{} passed | rotations: server {} client {} CA {}",
+            s.elapsed.as_secs_f64(),
+            s.server_generation,
+            s.server_serial,
+            s.server_expires_in,
+            s.client_generation,
+            s.client_serial,
+            s.trust_generation,
+            s.trust_cas.join(", "),
+            s.crl_revoked,
+            s.requests_ok,
+            s.requests_failed,
+            s.rate,
+            s.keep_alive.0,
+            s.keep_alive.1,
+            s.probes.1,
+            s.probes.0,
+            s.server_rotations,
+            s.client_rotations,
+            s.ca_rotations,
+        )
+    }
+
+    fn drain_events(&self, seen: &mut usize) -> Vec<String> {
+        let events = crate::lock(&self.board.events);
+        let total = events.len();
+        let new: Vec<String> = events.iter().skip((*seen).min(total)).cloned().collect();
+        *seen = total;
+        new
+    }
+
+    /// Periodic lines on stdout; returns whether it was interrupted.
+    async fn run_lines(&self) -> bool {
+        println!("hitless demo: sandbox in {}", self.dir.display());
+        let end = self.started + self.duration;
+        let mut previous: Option<(Sample, Instant)> = None;
+        let mut seen = 0;
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = &mut ctrl_c => return true,
+            }
+            for e in self.drain_events(&mut seen) {
+                println!("  event {e}");
+            }
+            let now = Instant::now();
+            let s = self.sample(previous.as_ref().map(|(p, t)| (p, now - *t)));
+            println!("{}", self.line(&s));
+            previous = Some((s, now));
+            if now >= end {
+                return false;
+            }
+        }
+    }
+
+    /// The ratatui live view; returns whether it was interrupted (q, Esc or Ctrl-C).
+    async fn run_tui(&self) -> anyhow::Result<bool> {
+        use ratatui::crossterm::event::{self, Event as TermEvent, KeyCode, KeyModifiers};
+        let mut terminal = ratatui::try_init().context("cannot start the terminal view")?;
+        let end = self.started + self.duration;
+        let mut previous: Option<(Sample, Instant)> = None;
+        let mut history: Vec<u64> = Vec::new();
+        let mut interrupted = false;
+        let mut seen = 0;
+        let mut events: Vec<String> = Vec::new();
+        loop {
+            let now = Instant::now();
+            let s = self.sample(previous.as_ref().map(|(p, t)| (p, now - *t)));
+            history.push(s.rate as u64);
+            if history.len() > 120 {
+                history.remove(0);
+            }
+            events.extend(self.drain_events(&mut seen));
+            let draw = terminal.draw(|f| draw(f, &s, &history, &events, self.duration));
+            if let Err(e) = draw {
+                ratatui::restore();
+                return Err(e).context("cannot draw the terminal view");
+            }
+            previous = Some((s, now));
+            if now >= end {
+                break;
+            }
+            // Poll keys for up to a second without blocking the runtime's workers.
+            let key = tokio::task::spawn_blocking(|| -> Option<(KeyCode, KeyModifiers)> {
+                if event::poll(Duration::from_millis(1000)).ok()? {
+                    if let Ok(TermEvent::Key(k)) = event::read() {
+                        return Some((k.code, k.modifiers));
+                    }
+                }
+                None
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some((code, mods)) = key {
+                if code == KeyCode::Char('q')
+                    || code == KeyCode::Esc
+                    || (code == KeyCode::Char('c') && mods.contains(KeyModifiers::CONTROL))
+                {
+                    interrupted = true;
+                    break;
+                }
+            }
+        }
+        ratatui::restore();
+        Ok(interrupted)
+    }
+
+    fn summary(&self, interrupted: bool) -> Summary {
+        let s = self.sample(None);
+        let failures = crate::lock(&self.board.failures).clone();
+        let checks: Vec<(&str, bool, String)> = vec![
+            (
+                "server rotations >= 5",
+                s.server_rotations >= 5,
+                s.server_rotations.to_string(),
+            ),
+            (
+                "client rotations >= 5",
+                s.client_rotations >= 5,
+                s.client_rotations.to_string(),
+            ),
+            (
+                "CA rotations >= 1",
+                s.ca_rotations >= 1,
+                s.ca_rotations.to_string(),
+            ),
+            (
+                "revoked client refused",
+                s.revocations_refused >= 1,
+                s.revocations_refused.to_string(),
+            ),
+            (
+                "bad writes refused",
+                s.bad_writes.0 >= 2 && s.bad_writes.1 >= s.bad_writes.0,
+                format!("{}/{}", s.bad_writes.1, s.bad_writes.0),
+            ),
+            (
+                "failed requests = 0",
+                s.requests_failed == 0,
+                s.requests_failed.to_string(),
+            ),
+            (
+                "requests ok > 0",
+                s.requests_ok > 0,
+                s.requests_ok.to_string(),
+            ),
+            (
+                "long-lived connections lost = 0",
+                s.keep_alive.1 == 0,
+                s.keep_alive.1.to_string(),
+            ),
+            (
+                "probes: every attack refused",
+                s.probes.0 >= 1 && s.probes.0 == s.probes.1,
+                format!(
+                    "{}/{} runs, {} attacks refused",
+                    s.probes.1, s.probes.0, s.probes.2
+                ),
+            ),
+            ("not interrupted", !interrupted, (!interrupted).to_string()),
+        ];
+        let passed = checks.iter().all(|c| c.1) && failures.is_empty();
+        let mut text = String::from("\nhitless demo summary\n");
+        text.push_str(&format!("  duration: {:.1}s\n", s.elapsed.as_secs_f64()));
+        text.push_str(&format!("  server rotations: {}\n", s.server_rotations));
+        text.push_str(&format!("  client rotations: {}\n", s.client_rotations));
+        text.push_str(&format!("  CA rotations: {}\n", s.ca_rotations));
+        text.push_str(&format!(
+            "  revocations refused: {}\n",
+            s.revocations_refused
+        ));
+        text.push_str(&format!(
+            "  bad writes refused: {}/{}\n",
+            s.bad_writes.1, s.bad_writes.0
+        ));
+        text.push_str(&format!("  requests ok: {}\n", s.requests_ok));
+        text.push_str(&format!("  failed requests: {}\n", s.requests_failed));
+        text.push_str(&format!("  failed handshakes: {}\n", s.requests_failed));
+        text.push_str(&format!(
+            "  refused handshakes (attacks): {}\n",
+            s.handshakes_refused
+        ));
+        text.push_str(&format!(
+            "  long-lived connections: {} alive, {} lost, {} requests\n",
+            s.keep_alive.0, s.keep_alive.1, s.keep_alive.2
+        ));
+        text.push_str(&format!(
+            "  probes: {} run, {} passed, {} attacks refused\n",
+            s.probes.0, s.probes.1, s.probes.2
+        ));
+        for (name, ok, value) in &checks {
+            text.push_str(&format!(
+                "  [{}] {name}: {value}\n",
+                if *ok { "ok" } else { "FAIL" }
+            ));
+        }
+        for f in failures.iter().take(20) {
+            text.push_str(&format!("  failure: {f}\n"));
+        }
+        text.push_str(if passed {
+            "  result: PASS\n"
+        } else {
+            "  result: FAIL\n"
+        });
+        Summary { text, passed }
+    }
+}
+
+struct Summary {
+    text: String,
+    passed: bool,
+}
+
+fn draw(
+    f: &mut ratatui::Frame,
+    s: &Sample,
+    history: &[u64],
+    events: &[String],
+    duration: Duration,
+) {
+    use ratatui::layout::{Constraint, Layout as UiLayout};
+    use ratatui::style::{Color, Style, Stylize};
+    use ratatui::text::Line;
+    use ratatui::widgets::{Block, Paragraph, Sparkline};
+
+    let [title, top, middle, spark, bottom] = UiLayout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(7),
+        Constraint::Length(6),
+        Constraint::Length(5),
+        Constraint::Min(3),
+    ])
+    .areas(f.area());
+    f.render_widget(
+        Paragraph::new(Line::from(format!(
+            " hitless demo — {:.0}s of {:.0}s — q to quit",
+            s.elapsed.as_secs_f64(),
+            duration.as_secs_f64()
+        )))
+        .bold(),
+        title,
+    );
+    let [identities, trust] =
+        UiLayout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(top);
+    f.render_widget(
+        Paragraph::new(vec![
+            Line::from(format!(
+                "server  generation {:>3}  serial {}  expires in {}s",
+                s.server_generation, s.server_serial, s.server_expires_in
+            )),
+            Line::from(format!(
+                "client  generation {:>3}  serial {}  expires in {}s",
+                s.client_generation, s.client_serial, s.client_expires_in
+            )),
+            Line::from(format!(
+                "rotations: server {}  client {}  CA {}",
+                s.server_rotations, s.client_rotations, s.ca_rotations
+            )),
+            Line::from(format!(
+                "bad writes refused {}/{}   revoked client refused {}",
+                s.bad_writes.1, s.bad_writes.0, s.revocations_refused
+            )),
+        ])
+        .block(Block::bordered().title(" Identities ")),
+        identities,
+    );
+    f.render_widget(
+        Paragraph::new(vec![
+            Line::from(format!("client trust generation {}", s.trust_generation)),
+            Line::from(format!("CAs: {}", s.trust_cas.join(", "))),
+            Line::from(format!("CRL: {} revoked", s.crl_revoked)),
+        ])
+        .block(Block::bordered().title(" Trust bundle ")),
+        trust,
+    );
+    let failed_style = if s.requests_failed == 0 {
+        Style::default().fg(Color::Green)
+    } else {
+        Style::default().fg(Color::Red)
+    };
+    let [traffic, probes] =
+        UiLayout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)])
+            .areas(middle);
+    f.render_widget(
+        Paragraph::new(vec![
+            Line::from(format!("handshakes/s {:.0}", s.rate)),
+            Line::from(format!("requests ok {}", s.requests_ok)),
+            Line::styled(
+                format!("failed handshakes {}", s.requests_failed),
+                failed_style,
+            ),
+            Line::from(format!(
+                "long-lived connections alive {}  lost {}  ({} requests)",
+                s.keep_alive.0, s.keep_alive.1, s.keep_alive.2
+            )),
+        ])
+        .block(Block::bordered().title(" Traffic ")),
+        traffic,
+    );
+    f.render_widget(
+        Paragraph::new(vec![
+            Line::from(format!("probe runs {}  passed {}", s.probes.0, s.probes.1)),
+            Line::from(format!("attacks refused {}", s.probes.2)),
+            Line::from(format!("handshakes refused {}", s.handshakes_refused)),
+        ])
+        .block(Block::bordered().title(" Probes ")),
+        probes,
+    );
+    f.render_widget(
+        Sparkline::default()
+            .block(Block::bordered().title(" Handshakes/s "))
+            .data(history),
+        spark,
+    );
+    let visible = bottom.height.saturating_sub(2) as usize;
+    let lines: Vec<Line> = events
+        .iter()
+        .skip(events.len().saturating_sub(visible))
+        .map(|e| Line::from(e.as_str()))
+        .collect();
+    f.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title(" Events ")),
+        bottom,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short;
+
+    #[test]
+    fn short_serial_drops_colons() {
+        assert_eq!(short("aa:bb:cc"), "aabbcc");
+    }
+}
