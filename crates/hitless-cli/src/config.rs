@@ -235,6 +235,7 @@ pub struct Problem {
 
 impl ConfigError {
     /// The problems found (empty for a file that could not be read).
+    #[cfg(test)]
     pub fn problems(&self) -> &[Problem] {
         match self {
             ConfigError::Read { .. } => &[],

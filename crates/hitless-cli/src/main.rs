@@ -4,8 +4,6 @@
 mod admin;
 mod client;
 mod cmd;
-// The configuration model is wired into serve by the next change.
-#[allow(dead_code)]
 mod config;
 mod http;
 mod logging;

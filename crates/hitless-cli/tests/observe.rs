@@ -622,8 +622,9 @@ fn metrics_series_move_with_rotations_failures_and_refusals() {
         "not OpenMetrics text:\n{}",
         m.text
     );
-    let reloads_ok_start = m.require(RELOADS, &server_ok);
-    assert!(reloads_ok_start >= 1.0, "{}", m.text);
+    // Whether the initial load is counted is pinned by `initial_load_is_counted_in_metrics`;
+    // here only the increments matter (absent = 0).
+    let reloads_ok_start = m.count(RELOADS, &server_ok);
     assert_eq!(m.require(GENERATION, &server_cred), 1.0, "{}", m.text);
     let na = first_not_after(&first);
     let reported = m.require(NOT_AFTER, &server_cred);
@@ -906,13 +907,14 @@ fn short_lived_identity_goes_expiring_soon_then_expired() {
     let soon_event = [("credential", "server"), ("event", "expiring_soon")];
     let expired_event = [("credential", "server"), ("event", "expired")];
 
-    // Lifetime 18 s, of which a third (6 s) is "expiring soon": soon at start + 6 s, expired at
-    // start + 12 s. Soon is in the future at start so that the event happens while the server
-    // runs (not during its start, see the report on the subscription order).
+    // Lifetime 30 s, of which the last third (10 s) is "expiring soon": soon at start + 10 s,
+    // expired at start + 20 s. "Soon" is a little in the future at start so that it happens
+    // while the server runs; the case of a start already inside the window is pinned by
+    // `identity_already_expiring_at_start_is_counted`.
     let start = now_s();
     let (nb, na) = (
-        start - time::Duration::seconds(6),
-        start + time::Duration::seconds(12),
+        start - time::Duration::seconds(10),
+        start + time::Duration::seconds(20),
     );
     let pki = Pki::new();
     let leaf = server_leaf(&pki.ca, nb, na);
@@ -924,7 +926,7 @@ fn short_lived_identity_goes_expiring_soon_then_expired() {
     let id = credential(&status, "identity");
     let soon_at = rfc3339_unix(id, "expiring_soon_at");
     assert!(
-        (soon_at - (na.unix_timestamp() - 6)).abs() <= 1,
+        (soon_at - (na.unix_timestamp() - 10)).abs() <= 1,
         "expiring_soon_at: {id:#}"
     );
 
@@ -969,3 +971,105 @@ fn short_lived_identity_goes_expiring_soon_then_expired() {
     );
 }
 
+// ---------------------------------------------------------------------------------------------
+// Known bugs, reported; remove the `ignore` once fixed.
+
+#[test]
+#[ignore = "BUG: serve subscribes the metrics after the initial load (admin.rs Observed::new)"]
+fn initial_load_is_counted_in_metrics() {
+    let pki = Pki::new();
+    let bundle = pki.write_bundle("bundle.pem", &pki.server);
+    let (mut server, admin) = start_observed(&pki, &bundle, &[]);
+    // The initial load is a successful reload (`/status` says reloads_ok 1): the counter says so
+    // from the start, for the identity and for the client trust.
+    let m = wait_metrics(&mut server, admin, "the initial loads counted", |m| {
+        m.get(
+            "hitless_reloads_total",
+            &[("credential", "server"), ("result", "ok")],
+        ) == Some(1.0)
+            && m.get(
+                "hitless_reloads_total",
+                &[("credential", "client-trust"), ("result", "ok")],
+            ) == Some(1.0)
+    });
+    let status = get_status(admin).expect("/status");
+    assert_eq!(
+        credential(&status, "identity")["reloads_ok"],
+        1,
+        "{status:#}\n{}",
+        m.text
+    );
+}
+
+#[test]
+#[ignore = "BUG: an expiring_soon event due during start is emitted before serve subscribes"]
+fn identity_already_expiring_at_start_is_counted() {
+    // Lifetime 2 h 30 min; the last third (50 min) began 20 min ago: expiring soon at start,
+    // as for a server restarted late in its certificate's life.
+    let start = now_s();
+    let pki = Pki::new();
+    let leaf = server_leaf(
+        &pki.ca,
+        start - time::Duration::hours(2),
+        start + time::Duration::minutes(30),
+    );
+    let bundle = pki.path("bundle.pem");
+    write_leaf(&bundle, &leaf);
+    let (mut server, admin) = start_observed(&pki, &bundle, &[]);
+    let status = get_status(admin).expect("/status");
+    assert_eq!(
+        credential(&status, "identity")["state"],
+        "degraded",
+        "{status:#}"
+    );
+    wait_metrics(&mut server, admin, "one expiring_soon event", |m| {
+        m.count(
+            "hitless_credential_events_total",
+            &[("credential", "server"), ("event", "expiring_soon")],
+        ) == 1.0
+    });
+}
+
+#[test]
+#[ignore = "BUG: with --reload manual or on-handshake nothing announces expiry (serve.rs)"]
+fn expiry_is_announced_in_every_reload_mode() {
+    const EVENTS: &str = "hitless_credential_events_total";
+    let soon_event = [("credential", "server"), ("event", "expiring_soon")];
+    let expired_event = [("credential", "server"), ("event", "expired")];
+    // As in `short_lived_identity_goes_expiring_soon_then_expired`: soon at start + 10 s,
+    // expired at start + 20 s; one server per mode, run side by side.
+    let start = now_s();
+    let pki = Pki::new();
+    let leaf = server_leaf(
+        &pki.ca,
+        start - time::Duration::seconds(10),
+        start + time::Duration::seconds(20),
+    );
+    let mut servers = Vec::new();
+    for mode in ["manual", "on-handshake"] {
+        let bundle = pki.path(&format!("bundle-{mode}.pem"));
+        write_leaf(&bundle, &leaf);
+        let (server, admin) = start_observed(&pki, &bundle, &["--reload", mode]);
+        servers.push((mode, server, admin));
+    }
+    for (mode, server, admin) in &mut servers {
+        let admin = *admin;
+        wait_status(server, admin, "the identity expired", |id, _| {
+            id["state"] == "expired"
+        });
+        let m = wait_metrics(server, admin, "one expired event", |m| {
+            m.count(EVENTS, &expired_event) == 1.0
+        });
+        assert_eq!(
+            m.count(EVENTS, &soon_event),
+            1.0,
+            "--reload {mode}:\n{}",
+            m.text
+        );
+        let log = server.log();
+        assert!(
+            log.contains("EXPIRED"),
+            "--reload {mode}: the expiry is not logged:\n{log}"
+        );
+    }
+}

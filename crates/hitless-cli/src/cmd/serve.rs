@@ -55,6 +55,14 @@ pub enum ReloadMode {
 SIGHUP reloads every credential at once, whatever the reload mode.
 SIGINT/SIGTERM stop accepting, let requests in flight finish (--shutdown-timeout), exit 0.")]
 pub struct Args {
+    /// A TOML configuration file describing listener, identities, client trust and reload
+    /// settings (see examples/hitless.toml); replaces the credential flags.
+    #[arg(long, conflicts_with_all = ["cert", "identity", "pkcs12", "client_ca"])]
+    pub config: Option<PathBuf>,
+    /// With --config: validate it, load every credential once, print what would be served,
+    /// and exit (0 if everything is good).
+    #[arg(long, requires = "config")]
+    pub check: bool,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
@@ -195,9 +203,126 @@ impl Plan {
     }
 }
 
-/// Runs the server until SIGINT or SIGTERM.
+impl Plan {
+    fn from_config(config: &crate::config::Config) -> anyhow::Result<Plan> {
+        let listener = match config.listeners.as_slice() {
+            [] => None,
+            [one] => Some(one),
+            _ => bail!("only one [[listener]] is supported by this version of hitless serve"),
+        };
+        Ok(Plan {
+            listen: listener.map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)), |l| l.listen),
+            admin: listener.and_then(|l| l.admin),
+            identities: config.identity_sources(),
+            trust: config.trust_source(),
+            detection: config.detection(),
+            quiet: config.reload.quiet_period,
+            accept_expired: config.reload.accept_expired,
+            expiring_soon: config.reload.expiring_soon,
+            wait: config.reload.wait_for_credentials,
+            drop_untrusted: listener.is_some_and(|l| l.drop_untrusted),
+            shutdown_timeout: Duration::from_secs(10),
+        })
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM (or, with `--check`, validates and exits).
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    run_plan(Plan::from_args(&args)?)
+    let Some(path) = &args.config else {
+        return run_plan(Plan::from_args(&args)?);
+    };
+    let config = crate::config::Config::load(path, true)?;
+    let mut plan = Plan::from_config(&config)?;
+    plan.shutdown_timeout = args.shutdown_timeout;
+    if args.check {
+        return check(&plan);
+    }
+    run_plan(plan)
+}
+
+/// Loads every credential once (no watching) and prints what would be served.
+fn check(plan: &Plan) -> anyhow::Result<ExitCode> {
+    let mut ok = true;
+    println!("listener: {}", plan.listen);
+    if let Some(admin) = plan.admin {
+        println!("admin listener: {admin}");
+    }
+    println!("reload: {}", plan.detection.name());
+    for (i, (source, options)) in plan.identities.iter().enumerate() {
+        let name = options
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("identity[{i}]"));
+        let loaded = hitless::ReloadingIdentity::builder(source.clone())
+            .detection(Detection::Manual)
+            .accept_expired(plan.accept_expired)
+            .build();
+        match loaded {
+            Ok(identity) => {
+                if let Some(current) = identity.current() {
+                    let leaf = current.value.leaf();
+                    println!(
+                        "identity {name}{}: {} ({}), names {:?}, serial {}, not after {}, sha256 {}",
+                        if options.default { " (default)" } else { "" },
+                        leaf.subject,
+                        leaf.key_type,
+                        options.names.clone().unwrap_or_else(|| leaf.dns_names.clone()),
+                        leaf.serial,
+                        admin::rfc3339(leaf.not_after),
+                        leaf.fingerprint
+                    );
+                }
+            }
+            Err(e) => {
+                ok = false;
+                println!("identity {name}: ERROR {e}");
+            }
+        }
+    }
+    match &plan.trust {
+        None => println!("client trust: none (clients are not verified)"),
+        Some(source) => match ReloadingTrust::builder(source.clone())
+            .detection(Detection::Manual)
+            .build()
+        {
+            Ok(trust) => {
+                if let Some(t) = trust.current() {
+                    for ca in t.value.cas() {
+                        println!(
+                            "client CA: {} (not after {})",
+                            ca.subject,
+                            admin::rfc3339(ca.not_after)
+                        );
+                    }
+                    for crl in t.value.crls() {
+                        println!(
+                            "CRL: {} from {}, {} revoked",
+                            crl.path.display(),
+                            crl.issuer,
+                            crl.revoked
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                ok = false;
+                println!("client trust: ERROR {e}");
+            }
+        },
+    }
+    println!(
+        "{}",
+        if ok {
+            "configuration OK"
+        } else {
+            "configuration has errors"
+        }
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Runs a [`Plan`] until SIGINT or SIGTERM.
