@@ -62,7 +62,7 @@ fn bad_config_is_refused_naming_the_key() {
         (
             "missing file",
             "[[identity]]\nbundle = \"/nonexistent/id.pem\"\n",
-            "identity[1]",
+            "identity[0].bundle",
         ),
         ("no identity", "[reload]\nmode = \"poll\"\n", "identity"),
     ];
