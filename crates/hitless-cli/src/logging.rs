@@ -23,3 +23,16 @@ pub fn init(format: Format) {
         Format::Json => builder.json().try_init(),
     };
 }
+
+/// Installs the global subscriber writing to `file` (the demo's live view owns the terminal).
+pub fn init_to_file(format: Format, file: std::fs::File) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false);
+    let _ = match format {
+        Format::Human => builder.try_init(),
+        Format::Json => builder.json().try_init(),
+    };
+}

@@ -56,7 +56,11 @@ pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    // The demo's live view owns the terminal: it sends the log to a file itself.
+    let demo_tui = matches!(&cli.command, Command::Demo(args) if args.uses_tui());
+    if !demo_tui {
+        logging::init(cli.log_format);
+    }
     let result = match cli.command {
         Command::Serve(args) => cmd::serve::run(args),
         Command::Call(args) => cmd::call::run(args),
@@ -64,7 +68,7 @@ fn main() -> ExitCode {
         Command::Ca(args) => cmd::ca::run(args),
         Command::Agent(args) => cmd::agent::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
-        Command::Demo(args) => cmd::demo::run(args),
+        Command::Demo(args) => cmd::demo::run(args, cli.log_format),
     };
     match result {
         Ok(code) => code,

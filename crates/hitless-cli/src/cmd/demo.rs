@@ -81,6 +81,7 @@ struct Board {
     revocations_refused: AtomicU64,
     bad_writes: AtomicU64,
     bad_writes_refused: AtomicU64,
+    reload_failures: AtomicU64,
     probes_run: AtomicU64,
     probes_passed: AtomicU64,
     probe_attacks_refused: AtomicU64,
@@ -180,8 +181,15 @@ impl Sandbox {
     }
 }
 
+impl Args {
+    /// Whether the live view will be shown (not `--no-tui`, and stdout is a terminal).
+    pub fn uses_tui(&self) -> bool {
+        !self.no_tui && std::io::stdout().is_terminal()
+    }
+}
+
 /// Runs the demo.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args, log_format: crate::logging::Format) -> anyhow::Result<ExitCode> {
     if args.duration < Duration::from_secs(10) {
         bail!("--duration must be at least 10s to fit every step of the demo");
     }
@@ -192,7 +200,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .prefix("hitless-demo-")
         .tempdir()
         .context("cannot create a temporary directory")?;
-    let tui = !args.no_tui && std::io::stdout().is_terminal();
+    let tui = args.uses_tui();
+    let log_path = tmp.path().join("demo.log");
+    if tui {
+        let file = std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        crate::logging::init_to_file(log_format, file);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -201,7 +215,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     runtime.shutdown_timeout(Duration::from_secs(2));
     if args.keep {
         let kept = tmp.keep();
-        println!("sandbox kept in {}", kept.display());
+        println!("sandbox kept in {} (log: demo.log)", kept.display());
+    } else if tui {
+        println!(
+            "(the log of this run was in {}; --keep keeps it)",
+            log_path.display()
+        );
     }
     result
 }
@@ -251,7 +270,7 @@ async fn demo(args: &Args, dir: &Path, tui: bool) -> anyhow::Result<ExitCode> {
                 );
             }
             Event::ReloadFailed { error, .. } => {
-                b.bad_writes_refused.fetch_add(1, Ordering::Relaxed);
+                b.reload_failures.fetch_add(1, Ordering::Relaxed);
                 b.event(
                     s,
                     format!("server kept its last good identity: {}", error.message),
@@ -700,7 +719,7 @@ async fn bad_write(
     contents: &[u8],
     what: &str,
 ) {
-    let before = board.bad_writes_refused.load(Ordering::Relaxed);
+    let before = board.reload_failures.load(Ordering::Relaxed);
     let generation = observed.identities.members()[0].0.generation;
     if let Err(e) = layout::write_atomic(bundle, contents, 0o600) {
         board.failure(started, format!("bad write: {e:#}"));
@@ -866,6 +885,15 @@ fn with_newline(s: &str) -> String {
     }
 }
 
+/// The CN of a distinguished name as printed by x509-parser (`O=..., CN=...`).
+fn common_name(subject: &str) -> String {
+    subject
+        .split(", ")
+        .find_map(|part| part.strip_prefix("CN="))
+        .unwrap_or(subject)
+        .to_string()
+}
+
 fn short(serial: &str) -> String {
     let s: String = serial.chars().filter(|c| *c != ':').collect();
     s.chars().take(12).collect()
@@ -958,7 +986,7 @@ impl View {
                     t.value
                         .cas()
                         .iter()
-                        .map(|c| c.subject.replace("CN=", ""))
+                        .map(|c| common_name(&c.subject))
                         .collect()
                 })
                 .unwrap_or_default(),
