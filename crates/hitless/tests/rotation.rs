@@ -230,3 +230,39 @@ fn watch_mode_follows_a_relative_path() {
         (identity.status().generation == 2).then_some(())
     });
 }
+
+#[test]
+fn watch_survives_its_directory_being_replaced() {
+    let root = Ca::new_root("Dir Root", KeyType::EcP256);
+    let first = root.issue(&LeafSpec::server("localhost"));
+    let second = root.issue(&LeafSpec::server("localhost"));
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("secrets");
+    fs::create_dir(&dir).unwrap();
+    let path = dir.join("identity.pem");
+    write_atomic(&path, first.bundle_pem(KeyFormat::Pkcs8).as_bytes());
+    let identity = ReloadingIdentity::builder(IdentitySource::bundle(&path))
+        .quiet_period(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    // The whole directory is replaced (a volume remounted, a deploy tool's rename).
+    let staging = base.path().join("staging");
+    fs::create_dir(&staging).unwrap();
+    write_atomic(
+        &staging.join("identity.pem"),
+        second.bundle_pem(KeyFormat::Pkcs8).as_bytes(),
+    );
+    fs::remove_dir_all(&dir).unwrap();
+    fs::rename(&staging, &dir).unwrap();
+    wait_for("the replaced directory to be read", QUIET + MARGIN, || {
+        (identity.current().unwrap().value.leaf().fingerprint == second.fingerprint_sha256_hex())
+            .then_some(())
+    });
+    // And the new directory is watched: a later rotation is seen too.
+    let third = root.issue(&LeafSpec::server("localhost"));
+    write_atomic(&path, third.bundle_pem(KeyFormat::Pkcs8).as_bytes());
+    wait_for("a rotation in the new directory", QUIET + MARGIN, || {
+        (identity.current().unwrap().value.leaf().fingerprint == third.fingerprint_sha256_hex())
+            .then_some(())
+    });
+}

@@ -137,12 +137,11 @@ impl WatchState {
             }
             changed |= run_due(&mut self.tracked, self.quiet);
             if self.rewatch_at.is_some_and(|t| t <= Instant::now()) {
-                // A directory appeared, perhaps: watch it and look at the files.
+                // A directory appeared or came back, perhaps: watch it and look at the files
+                // (what changed while it was not watched went unseen).
                 self.rewatch();
                 for t in &mut self.tracked {
-                    if t.target.upgrade().is_some_and(|t| t.is_failing()) {
-                        t.attempt(false, self.quiet);
-                    }
+                    t.attempt(false, self.quiet);
                 }
             } else if changed {
                 self.rewatch();
@@ -166,6 +165,23 @@ impl WatchState {
         };
         if ev.need_rescan() {
             return self.attempt_all();
+        }
+        // A watched directory itself went away (deleted, renamed, unmounted): its watch is
+        // gone with it. Watch again (or its parent's replacement) as soon as it exists.
+        if matches!(
+            ev.kind,
+            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+        ) {
+            let lost: Vec<PathBuf> = ev
+                .paths
+                .iter()
+                .filter(|p| self.watched.contains(*p))
+                .cloned()
+                .collect();
+            for dir in lost {
+                self.watched.remove(&dir);
+                self.rewatch_at = Some(Instant::now());
+            }
         }
         enum Action {
             Now,
