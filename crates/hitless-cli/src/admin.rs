@@ -78,7 +78,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    fn new() -> Metrics {
+    /// New metrics; hand [`Metrics::on_event`] to every credential builder (`on_event`) so that
+    /// the initial load and anything announced during `build` are counted too.
+    pub fn new() -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("hitless");
         let m = Metrics {
             reloads: Family::default(),
@@ -131,7 +133,7 @@ impl Metrics {
             "Time of the last successful load, Unix time",
             m.last_reload.clone(),
         );
-        Metrics { registry, ..m }
+        Arc::new(Metrics { registry, ..m })
     }
 
     /// Counts a completed handshake.
@@ -165,7 +167,8 @@ impl Metrics {
         self.dropped_untrusted.inc();
     }
 
-    fn on_event(&self, event: &Event) {
+    /// Counts a credential event.
+    pub fn on_event(&self, event: &Event) {
         let (credential, what) = match event {
             Event::Reloaded { name, .. } => {
                 self.reloads
@@ -274,15 +277,12 @@ pub struct Observed {
 }
 
 impl Observed {
-    /// Wires the metrics to the credentials' events.
-    pub fn new(identities: ServerIdentities, trust: Option<ReloadingTrust>) -> Arc<Observed> {
-        let metrics = Arc::new(Metrics::new());
-        let m = metrics.clone();
-        identities.subscribe(move |e| m.on_event(e));
-        if let Some(t) = &trust {
-            let m = metrics.clone();
-            t.subscribe(move |e| m.on_event(e));
-        }
+    /// Reports on credentials built with `metrics` subscribed (see [`Metrics::new`]).
+    pub fn new(
+        identities: ServerIdentities,
+        trust: Option<ReloadingTrust>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Observed> {
         Arc::new(Observed {
             identities,
             trust,

@@ -82,6 +82,11 @@ struct Board {
     bad_writes: AtomicU64,
     bad_writes_refused: AtomicU64,
     reload_failures: AtomicU64,
+    /// Set while a bad write is on disk: the server's agent waits, so that the bad write is
+    /// what the server reads (and refuses) rather than being replaced at once.
+    hold_server_agent: AtomicBool,
+    /// An agent write is in progress.
+    agent_busy: AtomicBool,
     probes_run: AtomicU64,
     probes_passed: AtomicU64,
     probe_attacks_refused: AtomicU64,
@@ -257,7 +262,8 @@ async fn demo(args: &Args, dir: &Path, tui: bool) -> anyhow::Result<ExitCode> {
         drop_untrusted: false,
         shutdown_timeout: Duration::from_secs(2),
     };
-    let (identities, trust) = serve::load_credentials(&plan)?;
+    let metrics = crate::admin::Metrics::new();
+    let (identities, trust) = serve::load_credentials(&plan, &metrics)?;
     let server_trust = trust.clone();
     {
         let (b, s) = (board.clone(), started);
@@ -286,6 +292,7 @@ async fn demo(args: &Args, dir: &Path, tui: bool) -> anyhow::Result<ExitCode> {
         plan,
         identities,
         trust,
+        metrics,
         async move {
             let _ = server_stop.wait_for(|s| *s).await;
         },
@@ -493,6 +500,13 @@ async fn agent_loop(
         if board.stop.load(Ordering::Relaxed) {
             break;
         }
+        // Busy first, then look at the hold: the script sets the hold, then waits for "not
+        // busy", so one of the two always sees the other.
+        board.agent_busy.store(true, Ordering::SeqCst);
+        if server_turn && board.hold_server_agent.load(Ordering::SeqCst) {
+            board.agent_busy.store(false, Ordering::SeqCst);
+            continue;
+        }
         let sb = sandbox.clone();
         let on_ca2 = crate::lock(&board.client_ca).as_str() == "CA2";
         let result = tokio::task::spawn_blocking(move || -> anyhow::Result<(String, String)> {
@@ -508,6 +522,7 @@ async fn agent_loop(
             }
         })
         .await;
+        board.agent_busy.store(false, Ordering::SeqCst);
         match result {
             Ok(Ok((who, serial))) => {
                 if who == "client" {
@@ -719,6 +734,22 @@ async fn bad_write(
     contents: &[u8],
     what: &str,
 ) {
+    board.hold_server_agent.store(true, Ordering::SeqCst);
+    while board.agent_busy.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bad_write_held(board, started, observed, bundle, contents, what).await;
+    board.hold_server_agent.store(false, Ordering::SeqCst);
+}
+
+async fn bad_write_held(
+    board: &Board,
+    started: Instant,
+    observed: &Observed,
+    bundle: &Path,
+    contents: &[u8],
+    what: &str,
+) {
     let before = board.reload_failures.load(Ordering::Relaxed);
     let generation = observed.identities.members()[0].0.generation;
     if let Err(e) = layout::write_atomic(bundle, contents, 0o600) {
@@ -728,7 +759,7 @@ async fn bad_write(
     board.bad_writes.fetch_add(1, Ordering::Relaxed);
     board.event(started, format!("injected a bad write: {what}"));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while board.bad_writes_refused.load(Ordering::Relaxed) == before {
+    while board.reload_failures.load(Ordering::Relaxed) == before {
         if Instant::now() > deadline {
             board.failure(started, format!("bad write ({what}) was not reported"));
             return;
@@ -736,7 +767,9 @@ async fn bad_write(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let now = observed.identities.members()[0].0.generation;
-    if now != generation {
+    if now == generation {
+        board.bad_writes_refused.fetch_add(1, Ordering::Relaxed);
+    } else {
         board.failure(
             started,
             format!("bad write ({what}) changed the generation"),

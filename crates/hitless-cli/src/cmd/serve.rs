@@ -327,16 +327,20 @@ fn check(plan: &Plan) -> anyhow::Result<ExitCode> {
 
 /// Runs a [`Plan`] until SIGINT or SIGTERM.
 pub fn run_plan(plan: Plan) -> anyhow::Result<ExitCode> {
-    let (identities, trust) = load_credentials(&plan)?;
+    let metrics = admin::Metrics::new();
+    let (identities, trust) = load_credentials(&plan, &metrics)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(plan, identities, trust, shutdown_signal(), None))
+    runtime.block_on(serve(plan, identities, trust, metrics, shutdown_signal(), None))
 }
 
 /// Loads the plan's identities and client trust (or starts them empty, to wait for them).
-pub fn load_credentials(plan: &Plan) -> anyhow::Result<(ServerIdentities, Option<ReloadingTrust>)> {
+pub fn load_credentials(
+    plan: &Plan,
+    metrics: &Arc<admin::Metrics>,
+) -> anyhow::Result<(ServerIdentities, Option<ReloadingTrust>)> {
     // aws-lc checks once per process, on first use of its random generator, whether it runs in
     // a VM snapshot (/dev/sysgenid): do it now, not during the first handshake.
     let mut warm = [0u8; 16];
@@ -350,7 +354,11 @@ pub fn load_credentials(plan: &Plan) -> anyhow::Result<(ServerIdentities, Option
         .quiet_period(plan.quiet)
         .accept_expired(plan.accept_expired)
         .expiring_soon(plan.expiring_soon)
-        .allow_empty_start(waiting);
+        .allow_empty_start(waiting)
+        .on_event({
+            let m = metrics.clone();
+            move |e| m.on_event(e)
+        });
     for (source, options) in &plan.identities {
         builder = builder.identity(source.clone(), options.clone());
     }
@@ -368,6 +376,10 @@ pub fn load_credentials(plan: &Plan) -> anyhow::Result<(ServerIdentities, Option
                 .detection(plan.detection)
                 .quiet_period(plan.quiet)
                 .allow_empty_start(waiting)
+                .on_event({
+                    let m = metrics.clone();
+                    move |e| m.on_event(e)
+                })
                 .build()
                 .context("no valid client trust bundle")?,
         ),
@@ -388,10 +400,11 @@ pub async fn serve(
     plan: Plan,
     identities: ServerIdentities,
     trust: Option<ReloadingTrust>,
+    metrics: Arc<admin::Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
     started: Option<tokio::sync::oneshot::Sender<Started>>,
 ) -> anyhow::Result<ExitCode> {
-    let observed = Observed::new(identities.clone(), trust.clone());
+    let observed = Observed::new(identities.clone(), trust.clone(), metrics);
     if let Some(addr) = plan.admin {
         let admin = TcpListener::bind(addr)
             .await
@@ -403,6 +416,20 @@ pub async fn serve(
         tokio::spawn(admin::serve_admin(admin, observed.clone()));
     }
     spawn_sighup_reload(identities.clone(), trust.clone());
+    // Without a detector thread (manual, on-handshake) nothing else announces expiry.
+    if matches!(
+        plan.detection,
+        Detection::Manual | Detection::OnHandshake { .. }
+    ) {
+        let identities = identities.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                identities.check_expiry();
+            }
+        });
+    }
     tokio::pin!(shutdown);
 
     if !observed.all_loaded() {
