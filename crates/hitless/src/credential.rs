@@ -32,6 +32,18 @@ pub(crate) struct IdentityLoader {
 }
 
 impl IdentityLoader {
+    fn new(source: IdentitySource, accept_expired: bool, provider: Arc<CryptoProvider>) -> Self {
+        IdentityLoader {
+            source,
+            rules: Validation {
+                accept_expired,
+                provider,
+            },
+            warned_modes: Mutex::default(),
+            warned_run_together: Mutex::default(),
+        }
+    }
+
     fn note_run_together(&self, path: &std::path::Path, run_together: bool) {
         if run_together && lock(&self.warned_run_together).insert(path.to_owned()) {
             tracing::warn!(
@@ -146,19 +158,8 @@ impl<L: Load> Shared<L> {
         default_name: String,
         options: Options,
     ) -> Result<Arc<Self>, Error> {
-        let name = options.name.unwrap_or(default_name);
-        let events = Events::default();
-        for c in options.callbacks {
-            events.subscribe(c);
-        }
-        let mut reloading = Reloading::new(
-            name.clone(),
-            loader,
-            options.detection.name().to_string(),
-            events,
-        );
-        reloading.expiring_soon = options.expiring_soon;
-        let reloading = Arc::new(reloading);
+        let name = options.name.clone().unwrap_or(default_name);
+        let reloading = new_reloading(name.clone(), loader, &options);
         if let Attempt::Failed { error, .. } = reloading.attempt(true) {
             if !options.allow_empty {
                 return Err(error);
@@ -189,19 +190,34 @@ impl<L: Load> Shared<L> {
         self.reloading.current.load_full()
     }
 
-    /// One attempt; if it fails, one more after the quiet period, which reports.
     pub(crate) fn reload(&self) -> Result<Reload, Error> {
-        let r = &self.reloading;
-        let mut outcome = r.attempt(false);
-        if let Attempt::Failed { .. } = outcome {
-            std::thread::sleep(self.quiet);
-            outcome = r.attempt(true);
-        }
-        match outcome {
-            Attempt::Unchanged => Ok(Reload::Unchanged),
-            Attempt::Reloaded(generation) => Ok(Reload::Reloaded { generation }),
-            Attempt::Failed { error, .. } => Err(error),
-        }
+        reload_now(&self.reloading, self.quiet)
+    }
+}
+
+/// A reloading credential with the options' name, subscribers and expiry threshold.
+fn new_reloading<L: Load>(name: String, loader: L, options: &Options) -> Arc<Reloading<L>> {
+    let events = Events::default();
+    for c in &options.callbacks {
+        events.subscribe(c.clone());
+    }
+    let mut reloading = Reloading::new(name, loader, options.detection.name().to_string(), events);
+    reloading.expiring_soon = options.expiring_soon;
+    Arc::new(reloading)
+}
+
+/// One attempt; if it fails (a writer may be between two files), one more after the quiet
+/// period, which reports.
+fn reload_now<L: Load>(reloading: &Reloading<L>, quiet: Duration) -> Result<Reload, Error> {
+    let mut outcome = reloading.attempt(false);
+    if let Attempt::Failed { .. } = outcome {
+        std::thread::sleep(quiet);
+        outcome = reloading.attempt(true);
+    }
+    match outcome {
+        Attempt::Unchanged => Ok(Reload::Unchanged),
+        Attempt::Reloaded(generation) => Ok(Reload::Reloaded { generation }),
+        Attempt::Failed { error, .. } => Err(error),
     }
 }
 
@@ -343,15 +359,11 @@ impl IdentityBuilder {
     /// [`allow_empty_start`](Self::allow_empty_start)), then starts change detection.
     pub fn build(self) -> Result<ReloadingIdentity, Error> {
         let default_name = self.source.cert_path().display().to_string();
-        let loader = IdentityLoader {
-            source: self.source,
-            rules: Validation {
-                accept_expired: self.accept_expired,
-                provider: self.provider.unwrap_or_else(default_provider),
-            },
-            warned_modes: Mutex::default(),
-            warned_run_together: Mutex::default(),
-        };
+        let loader = IdentityLoader::new(
+            self.source,
+            self.accept_expired,
+            self.provider.unwrap_or_else(default_provider),
+        );
         Ok(ReloadingIdentity {
             shared: Shared::start(loader, default_name, self.options)?,
         })
@@ -620,27 +632,8 @@ impl ServerIdentitiesBuilder {
                 .name
                 .clone()
                 .unwrap_or_else(|| source.cert_path().display().to_string());
-            let loader = IdentityLoader {
-                source,
-                rules: Validation {
-                    accept_expired: self.accept_expired,
-                    provider: provider.clone(),
-                },
-                warned_modes: Mutex::default(),
-                warned_run_together: Mutex::default(),
-            };
-            let events = Events::default();
-            for c in &self.options.callbacks {
-                events.subscribe(c.clone());
-            }
-            let mut reloading = Reloading::new(
-                name,
-                loader,
-                self.options.detection.name().to_string(),
-                events,
-            );
-            reloading.expiring_soon = self.options.expiring_soon;
-            let reloading = Arc::new(reloading);
+            let loader = IdentityLoader::new(source, self.accept_expired, provider.clone());
+            let reloading = new_reloading(name, loader, &self.options);
             if let Attempt::Failed { error, .. } = reloading.attempt(true) {
                 if !self.options.allow_empty {
                     return Err(error);
@@ -759,18 +752,7 @@ impl ServerIdentities {
         self.inner
             .members
             .iter()
-            .map(|m| {
-                let mut outcome = m.reloading.attempt(false);
-                if let Attempt::Failed { .. } = outcome {
-                    std::thread::sleep(self.inner.quiet);
-                    outcome = m.reloading.attempt(true);
-                }
-                match outcome {
-                    Attempt::Unchanged => Ok(Reload::Unchanged),
-                    Attempt::Reloaded(generation) => Ok(Reload::Reloaded { generation }),
-                    Attempt::Failed { error, .. } => Err(error),
-                }
-            })
+            .map(|m| reload_now(&m.reloading, self.inner.quiet))
             .collect()
     }
 }
