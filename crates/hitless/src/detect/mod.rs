@@ -141,6 +141,8 @@ pub(crate) struct Tracked {
     pub(crate) retry_at: Option<(Instant, bool)>,
     pub(crate) backoff: Duration,
     pub(crate) stamps: Vec<Option<FileStamp>>,
+    /// When the next expiry announcement is due (`None`: to be computed).
+    pub(crate) expiry_due: Option<Instant>,
 }
 
 impl Tracked {
@@ -149,6 +151,7 @@ impl Tracked {
         let target = self.target.upgrade()?;
         let result = target.attempt(report);
         self.stamps = stamps(&target.paths());
+        self.expiry_due = None;
         match &result {
             Attempt::Unchanged | Attempt::Reloaded(_) => {
                 self.retry_at = None;
@@ -200,6 +203,7 @@ pub(crate) fn spawn(
                 retry_at: None,
                 backoff: Duration::from_secs(1),
                 stamps,
+                expiry_due: None,
             }
         })
         .collect();
@@ -228,41 +232,50 @@ pub(crate) fn spawn(
 }
 
 /// The earliest retry or expiry announcement among `tracked`, capped at `cap`; announces
-/// what is due now.
-pub(crate) fn next_deadline(tracked: &[Tracked], cap: Instant) -> Instant {
-    let now_sys = std::time::SystemTime::now();
+/// the expiry events that are due now (each credential's next one is cached, so an idle
+/// credential costs a comparison).
+pub(crate) fn next_deadline(tracked: &mut [Tracked], cap: Instant) -> Instant {
     let now = Instant::now();
-    tracked
-        .iter()
-        .flat_map(|t| {
-            let expiry = t
-                .target
-                .upgrade()
-                .and_then(|target| target.check_expiry())
-                .map(|at| {
-                    // A little after the moment, so that it is due when we wake.
-                    now + at.duration_since(now_sys).unwrap_or_default() + Duration::from_millis(5)
-                });
-            [t.retry_at.map(|(at, _)| at), expiry]
-        })
-        .flatten()
-        .fold(cap, Instant::min)
+    let mut deadline = cap;
+    for t in tracked.iter_mut() {
+        if t.expiry_due.is_none_or(|due| due <= now) {
+            let next = t.target.upgrade().and_then(|target| target.check_expiry());
+            // A little after the moment, so that it is due when we wake; far away if none.
+            t.expiry_due = Some(match next {
+                Some(at) => {
+                    let wait = at
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default();
+                    now + wait + Duration::from_millis(5)
+                }
+                None => now + Duration::from_secs(3600),
+            });
+        }
+        if let Some(due) = t.expiry_due {
+            deadline = deadline.min(due);
+        }
+        if let Some((at, _)) = t.retry_at {
+            deadline = deadline.min(at);
+        }
+    }
+    deadline
 }
 
-/// Runs every retry that is due.
-pub(crate) fn run_due(tracked: &mut [Tracked], quiet: Duration) -> bool {
+/// Runs every retry that is due; returns the indices of the credentials reloaded.
+pub(crate) fn run_due(tracked: &mut [Tracked], quiet: Duration) -> Vec<usize> {
     let now = Instant::now();
-    let mut any = false;
-    for t in tracked.iter_mut() {
+    let mut reloaded = Vec::new();
+    for (i, t) in tracked.iter_mut().enumerate() {
         if let Some((at, report)) = t.retry_at {
             if at <= now {
                 t.retry_at = None;
-                t.attempt(report, quiet);
-                any = true;
+                if let Some(Attempt::Reloaded(_)) = t.attempt(report, quiet) {
+                    reloaded.push(i);
+                }
             }
         }
     }
-    any
+    reloaded
 }
 
 /// Waits for `deadline` or a message; `false` when the thread must stop.
@@ -278,7 +291,7 @@ pub(crate) fn wait(rx: &Receiver<Msg>, deadline: Instant) -> Result<Option<Msg>,
 fn poll_loop(rx: Receiver<Msg>, mut tracked: Vec<Tracked>, interval: Duration, quiet: Duration) {
     let mut next_poll = Instant::now() + jittered(interval);
     loop {
-        let deadline = next_deadline(&tracked, next_poll);
+        let deadline = next_deadline(&mut tracked, next_poll);
         match wait(&rx, deadline) {
             Err(()) => return,
             Ok(Some(_)) => continue,

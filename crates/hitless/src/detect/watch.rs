@@ -10,7 +10,7 @@
 //! - our own reads (open/close without write) and anything on unrelated files: ignored;
 //! - a queue overflow (rescan): attempt every credential.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
@@ -28,9 +28,16 @@ const REWATCH_EVERY: Duration = Duration::from_secs(1);
 
 pub(crate) struct WatchState {
     watcher: RecommendedWatcher,
+    /// The credentials, by stable index (a dropped one stays, dead, until all are dropped).
     tracked: Vec<Tracked>,
     /// For each tracked credential, every path whose change matters (files and symlink hops).
     related: Vec<HashSet<PathBuf>>,
+    /// Path → the credentials it matters to: an event costs one lookup per path it names,
+    /// whatever the number of credentials.
+    by_path: HashMap<PathBuf, Vec<usize>>,
+    /// Watched directory → how many related paths live in it.
+    dirs: HashMap<PathBuf, usize>,
+    /// Directories actually watched (a wanted one may not exist yet).
     watched: HashSet<PathBuf>,
     quiet: Duration,
     rewatch_at: Option<Instant>,
@@ -51,65 +58,91 @@ impl WatchState {
         })?;
         let mut state = WatchState {
             watcher,
-            related: Vec::new(),
+            related: vec![HashSet::new(); tracked.len()],
             tracked,
+            by_path: HashMap::new(),
+            dirs: HashMap::new(),
             watched: HashSet::new(),
             quiet,
             rewatch_at: None,
         };
-        state.rewatch();
+        state.refresh_all();
         Ok(state)
     }
 
-    /// Recomputes what to watch from the current symlink chains; adds and removes watches.
-    fn rewatch(&mut self) {
-        self.related = self
-            .tracked
+    /// The paths that matter to credential `i` now: each file, made absolute (event paths are
+    /// absolute, as the watched directory is), and each hop of its symlink chain.
+    fn related_now(&self, i: usize) -> HashSet<PathBuf> {
+        let Some(target) = self.tracked[i].target.upgrade() else {
+            return HashSet::new();
+        };
+        target
+            .paths()
             .iter()
-            .map(|t| {
-                t.target
-                    .upgrade()
-                    .map(|target| {
-                        target
-                            .paths()
-                            .iter()
-                            // Absolute, so that event paths (absolute, as the watched
-                            // directory is) compare equal to a relative path given by the user.
-                            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
-                            .flat_map(|p| symlink_chain(&p))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            })
-            .collect();
-        let wanted: HashSet<PathBuf> = self
-            .related
-            .iter()
-            .flatten()
-            .filter_map(|p| p.parent().map(Path::to_path_buf))
-            .map(|d| {
-                if d.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    d
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+            .flat_map(|p| symlink_chain(&p))
+            .collect()
+    }
+
+    /// Recomputes what credential `i` depends on (its symlinks may have moved) and adjusts the
+    /// index and the watches for it alone.
+    fn refresh(&mut self, i: usize) {
+        let new = self.related_now(i);
+        if new == self.related[i] {
+            return;
+        }
+        let old = std::mem::replace(&mut self.related[i], new.clone());
+        for p in old.difference(&new) {
+            if let Some(list) = self.by_path.get_mut(p) {
+                list.retain(|&j| j != i);
+                if list.is_empty() {
+                    self.by_path.remove(p);
                 }
-            })
-            .collect();
+            }
+            let dir = parent_dir(p);
+            if let Some(n) = self.dirs.get_mut(&dir) {
+                *n -= 1;
+                if *n == 0 {
+                    self.dirs.remove(&dir);
+                    if self.watched.remove(&dir) {
+                        let _ = self.watcher.unwatch(&dir);
+                    }
+                }
+            }
+        }
+        for p in new.difference(&old) {
+            self.by_path.entry(p.clone()).or_default().push(i);
+            *self.dirs.entry(parent_dir(p)).or_default() += 1;
+        }
+        self.watch_missing();
+    }
+
+    fn refresh_all(&mut self) {
+        for i in 0..self.tracked.len() {
+            self.refresh(i);
+        }
+        self.watch_missing();
+    }
+
+    /// Watches every wanted directory not watched yet; retries later those that do not exist.
+    fn watch_missing(&mut self) {
         let mut missing = false;
-        for dir in wanted.difference(&self.watched.clone()) {
-            match self.watcher.watch(dir, RecursiveMode::NonRecursive) {
+        let wanted: Vec<PathBuf> = self
+            .dirs
+            .keys()
+            .filter(|d| !self.watched.contains(*d))
+            .cloned()
+            .collect();
+        for dir in wanted {
+            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
                 Ok(()) => {
-                    self.watched.insert(dir.clone());
+                    self.watched.insert(dir);
                 }
                 Err(e) => {
                     missing = true;
                     tracing::debug!(dir = %dir.display(), "cannot watch yet: {e}");
                 }
             }
-        }
-        for dir in self.watched.clone().difference(&wanted) {
-            let _ = self.watcher.unwatch(dir);
-            self.watched.remove(dir);
         }
         self.rewatch_at = missing.then(|| Instant::now() + REWATCH_EVERY);
     }
@@ -119,68 +152,68 @@ impl WatchState {
             let cap = self
                 .rewatch_at
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            let deadline = next_deadline(&self.tracked, cap);
+            let deadline = next_deadline(&mut self.tracked, cap);
             let msg = match wait(&rx, deadline) {
                 Err(()) => return,
                 Ok(m) => m,
             };
-            let mut changed = false;
+            let mut reloaded = Vec::new();
             if let Some(Msg::Fs(ev)) = msg {
-                changed |= self.on_event(ev);
-                // Drain what is already queued before doing the slow work of rewatching.
+                self.on_event(ev, &mut reloaded);
+                // Drain what is already queued before doing the slower work of refreshing.
                 while let Ok(m) = rx.try_recv() {
                     match m {
                         Msg::Stop => return,
-                        Msg::Fs(ev) => changed |= self.on_event(ev),
+                        Msg::Fs(ev) => self.on_event(ev, &mut reloaded),
                     }
                 }
             }
-            changed |= run_due(&mut self.tracked, self.quiet);
+            reloaded.extend(run_due(&mut self.tracked, self.quiet));
             if self.rewatch_at.is_some_and(|t| t <= Instant::now()) {
                 // A directory appeared or came back, perhaps: watch it and look at the files
                 // (what changed while it was not watched went unseen).
-                self.rewatch();
+                self.refresh_all();
                 for t in &mut self.tracked {
                     t.attempt(false, self.quiet);
                 }
-            } else if changed {
-                self.rewatch();
+            } else {
+                reloaded.sort_unstable();
+                reloaded.dedup();
+                for i in reloaded {
+                    self.refresh(i);
+                }
             }
-            self.tracked.retain(|t| t.target.strong_count() > 0);
-            if self.tracked.is_empty() {
+            if self.tracked.iter().all(|t| t.target.strong_count() == 0) {
                 return;
             }
         }
     }
 
-    /// Handles one notification; `true` when some credential was reloaded (symlinks may have
-    /// moved, so the watch set is recomputed).
-    fn on_event(&mut self, ev: notify::Result<notify::Event>) -> bool {
+    /// Handles one notification; records which credentials were reloaded (their symlinks may
+    /// have moved, so what they depend on is recomputed).
+    fn on_event(&mut self, ev: notify::Result<notify::Event>, reloaded: &mut Vec<usize>) {
         let ev = match ev {
             Ok(ev) => ev,
             Err(e) => {
                 tracing::warn!("file watcher error, re-reading everything: {e}");
-                return self.attempt_all();
+                self.attempt_all(reloaded);
+                return;
             }
         };
         if ev.need_rescan() {
-            return self.attempt_all();
+            self.attempt_all(reloaded);
+            return;
         }
         // A watched directory itself went away (deleted, renamed, unmounted): its watch is
-        // gone with it. Watch again (or its parent's replacement) as soon as it exists.
+        // gone with it. Watch again (or its replacement) as soon as it exists.
         if matches!(
             ev.kind,
             EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
         ) {
-            let lost: Vec<PathBuf> = ev
-                .paths
-                .iter()
-                .filter(|p| self.watched.contains(*p))
-                .cloned()
-                .collect();
-            for dir in lost {
-                self.watched.remove(&dir);
-                self.rewatch_at = Some(Instant::now());
+            for p in &ev.paths {
+                if self.watched.remove(p) {
+                    self.rewatch_at = Some(Instant::now());
+                }
             }
         }
         enum Action {
@@ -189,36 +222,46 @@ impl WatchState {
         }
         let action = match ev.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => Action::Now,
-            EventKind::Access(_) => return false,
+            EventKind::Access(_) => return,
             EventKind::Modify(ModifyKind::Data(_)) => Action::Later,
             EventKind::Modify(_) | EventKind::Create(_) | EventKind::Remove(_) => Action::Now,
             EventKind::Any | EventKind::Other => Action::Now,
         };
-        let mut reloaded = false;
-        for (i, t) in self.tracked.iter_mut().enumerate() {
-            let related = &self.related[i];
-            if !ev.paths.iter().any(|p| related.contains(p)) {
-                continue;
-            }
+        let mut hit: Vec<usize> = ev
+            .paths
+            .iter()
+            .filter_map(|p| self.by_path.get(p))
+            .flatten()
+            .copied()
+            .collect();
+        hit.sort_unstable();
+        hit.dedup();
+        for i in hit {
+            let t = &mut self.tracked[i];
             match action {
                 Action::Later => t.defer(self.quiet),
                 Action::Now => {
                     if let Some(Attempt::Reloaded(_)) = t.attempt(false, self.quiet) {
-                        reloaded = true;
+                        reloaded.push(i);
                     }
                 }
             }
         }
-        reloaded
     }
 
-    fn attempt_all(&mut self) -> bool {
-        let mut reloaded = false;
-        for t in &mut self.tracked {
+    fn attempt_all(&mut self, reloaded: &mut Vec<usize>) {
+        for (i, t) in self.tracked.iter_mut().enumerate() {
             if let Some(Attempt::Reloaded(_)) = t.attempt(false, self.quiet) {
-                reloaded = true;
+                reloaded.push(i);
             }
         }
-        reloaded
+    }
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
