@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
-use rustls::SignatureAlgorithm;
+use rustls::{SignatureAlgorithm, SignatureScheme};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use x509_parser::public_key::PublicKey;
@@ -110,7 +110,24 @@ pub struct Identity {
     algorithm: SignatureAlgorithm,
     /// DER of the issuer name of every certificate sent (what a CertificateRequest names).
     issuer_names: Vec<Vec<u8>>,
+    /// The TLS signature schemes the key can sign with (computed once, at load).
+    schemes: Vec<SignatureScheme>,
 }
+
+/// Every signature scheme rustls knows, to find which ones a key can use.
+const ALL_SCHEMES: &[SignatureScheme] = &[
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::ECDSA_NISTP521_SHA512,
+    SignatureScheme::ED25519,
+    SignatureScheme::ED448,
+    SignatureScheme::RSA_PSS_SHA256,
+    SignatureScheme::RSA_PSS_SHA384,
+    SignatureScheme::RSA_PSS_SHA512,
+    SignatureScheme::RSA_PKCS1_SHA256,
+    SignatureScheme::RSA_PKCS1_SHA384,
+    SignatureScheme::RSA_PKCS1_SHA512,
+];
 
 /// Rules applied when validating an identity.
 #[derive(Debug, Clone)]
@@ -289,6 +306,11 @@ impl Identity {
         }
 
         let algorithm = signing_key.algorithm();
+        let schemes = ALL_SCHEMES
+            .iter()
+            .copied()
+            .filter(|s| signing_key.choose_scheme(&[*s]).is_some())
+            .collect();
         let certified = Arc::new(CertifiedKey::new(chain_der, signing_key));
         Ok(Identity {
             certified,
@@ -296,6 +318,7 @@ impl Identity {
             chain,
             algorithm,
             issuer_names,
+            schemes,
         })
     }
 
@@ -323,6 +346,11 @@ impl Identity {
                     .iter()
                     .any(|h| *h == name.as_slice() || strip_sequence(name) == Some(h))
             })
+    }
+
+    /// The TLS signature schemes the key can sign with.
+    pub fn signature_schemes(&self) -> &[SignatureScheme] {
+        &self.schemes
     }
 
     /// The private key's algorithm.

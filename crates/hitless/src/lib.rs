@@ -1,53 +1,175 @@
 //! # hitless: rotate TLS credentials without a restart and without a failed handshake
 //!
-//! Short-lived certificates are written to disk again and again by an agent (OpenBao/Vault
-//! Agent, the kubelet, certbot). A service that reads its certificate once must restart for
-//! every renewal. `hitless` reloads credentials while the service runs: new handshakes get the
-//! new credential, open connections keep theirs, a half-written or broken file never replaces a
-//! good one, and the handshake path stays as cheap as static rustls.
-//!
-//! ## Design
-//!
-//! A credential flows one way through the crate:
-//!
-//! 1. [`source`](IdentitySource): files on disk → PEM sections (blocks in any order, CRLF, blocks
-//!    run together on one line as a one-line agent template renders them);
-//! 2. [`Identity`]: a validated chain + key (the key must match the leaf, the leaf must be
-//!    within its validity period, the chain is ordered leaf → issuers);
-//! 3. [`Snapshot`]: the last known good value with its generation, kept in an `ArcSwap`;
-//! 4. change detection ([`Detection`]: watch, poll, manual) only says "look again", on a
-//!    background thread, never on the handshake path;
-//! 5. the rustls adapters ([`IdentityResolver`]) read the snapshot with one atomic load.
-//!
-//! ## Guarantees and their costs
-//!
-//! - **Hitless**: a connection keeps the `CertifiedKey` it started with; every handshake that
-//!   starts after a swap gets the new one.
-//! - **Consistent**: certificate and key are read as one unit: the files' identities (device,
-//!   inode, size, mtime) are taken before and after reading and must not have changed, and the
-//!   key must match the leaf. A key/leaf mismatch during a rotation (new certificate, old key)
-//!   means "not yet": it is retried after the quiet period (default 200 ms) and reported only if
-//!   it persists.
-//! - **Last known good**: missing, empty, truncated, unparsable, mismatched, expired or
-//!   not-yet-valid input never replaces what is serving; it is recorded in [`Status`], logged
-//!   with the file and the reason, announced as an [`Event`], and retried.
-//! - **Cheap**: `resolve` costs one atomic load and an `Arc` clone: no file-system call, no
-//!   lock, no allocation. Reading files, parsing and validating happen on the detector thread.
+//! Short-lived certificates are issued by an internal CA (OpenBao/Vault PKI, cert-manager, ACME)
+//! and written to disk again and again by an agent (OpenBao/Vault Agent, the kubelet, certbot).
+//! A service that reads its certificate once must restart for every renewal: connections are
+//! severed, the service is briefly down, and a fleet renewed at once restarts at once. `hitless`
+//! reloads TLS identities (certificate chain + key), trust bundles and CRLs while the service
+//! runs, and hands them to rustls: new handshakes get the new credential, open connections keep
+//! theirs, a half-written or broken file never replaces a good one, and the handshake path stays
+//! as cheap as static rustls.
 //!
 //! ## Quick start
 //!
-//! ```no_run
+//! ```
 //! use hitless::{IdentitySource, ReloadingIdentity};
 //!
-//! # fn main() -> Result<(), hitless::Error> {
-//! let identity = ReloadingIdentity::builder(IdentitySource::bundle("/run/secrets/identity.pem"))
-//!     .build()?; // fails with the file and the reason if there is no good identity
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # // What an agent does: write a certificate and its key, then rename over the old file.
+//! # let renew = || -> Result<(), Box<dyn std::error::Error>> {
+//! #     let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+//! #     let pem = issued.cert.pem() + &issued.signing_key.serialize_pem();
+//! #     std::fs::write(dir.path().join(".identity.pem.tmp"), pem)?;
+//! #     std::fs::rename(dir.path().join(".identity.pem.tmp"), dir.path().join("identity.pem"))?;
+//! #     Ok(())
+//! # };
+//! # renew()?;
+//! let path = dir.path().join("identity.pem"); // e.g. /run/secrets/identity.pem
+//! // Fails with the file and the reason unless there is a good identity to start with.
+//! let identity = ReloadingIdentity::builder(IdentitySource::bundle(&path)).build()?;
+//! assert_eq!(identity.status().generation, 1);
+//!
 //! let config = rustls::ServerConfig::builder()
 //!     .with_no_client_auth()
 //!     .with_cert_resolver(identity.resolver());
-//! // hand `config` to tokio-rustls, hyper, axum, tonic...; rotations need nothing more.
+//! // Hand `config` to tokio-rustls, hyper, axum, tonic...: rotations need nothing more.
+//!
+//! renew()?; // the agent writes a new certificate: the watcher sees it within milliseconds
+//! identity.reload()?; // (or look now, e.g. on SIGHUP)
+//! assert_eq!(identity.status().generation, 2);
 //! # let _ = config; Ok(()) }
 //! ```
+//!
+//! Mutual TLS, where the client CAs reload too, is [`ReloadingServerConfig`]: take
+//! [`current()`](ReloadingServerConfig::current) for each accepted connection. The `examples/`
+//! directory has a recipe for each common stack, each run by the test suite through a rotation:
+//!
+//! | example | what it shows |
+//! |---|---|
+//! | `tokio_rustls_server.rs` | the plain accept loop every other server is built on |
+//! | `axum_mtls.rs` | axum 0.8 with a reloading identity *and* reloading client-CA verification |
+//! | `tonic_mtls.rs` | a tonic gRPC server and client, both with reloading mutual TLS |
+//! | `hyper_client.rs` | a hyper-util client whose connector follows a [`ReloadingClientConfig`] |
+//! | `reqwest_client.rs` | reqwest with one fixed `ClientConfig` that reloads inside ([`ClientIdentityResolver`], [`ReloadingServerVerifier`]) |
+//!
+//! ## Design
+//!
+//! A credential flows one way through the crate, and each stage knows only the one before it:
+//!
+//! 1. **source** ([`IdentitySource`], [`TrustSource`], [`Password`]): where bytes come from. A
+//!    certificate + key pair of files, one bundle, a PKCS#12 keystore; PEM blocks in any order,
+//!    CRLF, blocks run together on one line as a one-line agent template renders them;
+//!    symlinks as the Kubernetes `..data` swap and certbot's `live/` use them.
+//! 2. **identity / trust** ([`Identity`], [`Trust`]): a validated value. An identity is an
+//!    ordered chain whose leaf matches the key and is within its validity period; a trust is
+//!    a set of CAs and CRLs with the rustls verifiers already built from them.
+//! 3. **snapshot** ([`Snapshot`]): the last known good value with its generation, kept in an
+//!    `ArcSwap`. Only a fully read and validated value becomes a snapshot.
+//! 4. **detection** ([`Detection`]): *when* to look at the files again; it only ever says "look
+//!    again", on a background thread (or inline, at most once per TTL, in `on-handshake` mode).
+//! 5. **rustls adapters**: [`IdentityResolver`] and [`SniResolver`] (servers),
+//!    [`ClientIdentityResolver`] (clients), [`ReloadingServerVerifier`], and whole
+//!    configurations that follow a trust bundle ([`ReloadingServerConfig`],
+//!    [`ReloadingClientConfig`]). They read snapshots; they never touch the disk.
+//!
+//! The handles an application holds ([`ReloadingIdentity`], [`ServerIdentities`],
+//! [`ReloadingTrust`]) tie a source, its snapshot and its detector together. They are cheap to
+//! clone; the detector runs while any clone, resolver or configuration made from it is alive,
+//! and its thread is stopped and joined when the last one is dropped.
+//!
+//! ## Guarantees
+//!
+//! - **Hitless**: a connection keeps the `CertifiedKey` it started with; every handshake that
+//!   starts after a swap gets the new one. Nothing is closed or restarted.
+//! - **Consistent**: certificate and key are read as one unit: the files' identities (device,
+//!   inode, size, mtime) are taken before and after reading and must not have changed, and the
+//!   key must match the leaf. A mismatch during a rotation (new certificate, old key) means "not
+//!   yet": it is retried after the quiet period (default 200 ms) and reported only if it
+//!   persists.
+//! - **Last known good**: missing, empty, truncated, unparsable, mismatched, expired or
+//!   not-yet-valid input never replaces what is serving; it is recorded in [`Status`], logged
+//!   with the file and the reason, announced as an [`Event`], and retried with backoff.
+//!   Identical content is never swapped in again (a content hash decides).
+//! - **Trust means what it says**: with [`ReloadingServerConfig`] and
+//!   [`ReloadingClientConfig`], after a CA bundle or CRL change no new handshake and no resumed
+//!   session gets in under the old verdict (see the cost below).
+//! - **Cheap**: the handshake path does no file-system call, takes no lock and does not
+//!   allocate beyond an `Arc` clone. Reading, parsing and validating happen on the detector
+//!   thread.
+//!
+//! ## Costs
+//!
+//! **On the handshake path.** [`IdentityResolver`]'s `resolve` is one atomic load (arc-swap's
+//! `load`) and one `Arc` clone (an atomic increment): the same order of cost as rustls'
+//! own fixed resolver. [`SniResolver`] adds one hash lookup (two for a wildcard) in an index
+//! rebuilt on every reload. [`ReloadingServerConfig::current`] and
+//! [`ReloadingClientConfig::current`] are one atomic load and one `Arc` clone per connection.
+//! [`ClientIdentityResolver`] is one atomic load per identity it considers;
+//! [`ReloadingServerVerifier`] is one atomic load in front of the WebPKI verification rustls
+//! does anyway. Measured against static rustls by the `hitless-bench` crate of this
+//! repository (in-memory handshakes, interleaved rounds, with and without a rotation every
+//! 100 ms).
+//!
+//! **Per reload**, on the detector thread: `stat` and read each file, a SHA-256 of the
+//! contents (unchanged content stops here), parse, check the key against the leaf, build the
+//! rustls `CertifiedKey` (or, for a trust bundle, the verifiers); then one atomic store. An old
+//! key stays in memory only as long as connections made with it are open.
+//!
+//! **Per detection mode**:
+//!
+//! | mode | threads | cost while nothing changes | time to notice a change |
+//! |---|---|---|---|
+//! | [`Watch`](Detection::Watch) (default) | one detector thread per handle (a [`ServerIdentities`] set shares one) and notify's inotify thread | none: it sleeps on inotify; one inotify instance per handle, one watch per parent directory and symlink hop | milliseconds |
+//! | [`Poll`](Detection::Poll) | one detector thread per handle | one `stat` per file and symlink hop per interval (±10% jitter) | up to the interval |
+//! | [`OnHandshake`](Detection::OnHandshake) | none | a clock read per handshake; once per TTL, one handshake `stat`s the files, and on a change reads and validates them inline | up to the TTL, and only when handshakes happen |
+//! | [`Manual`](Detection::Manual) | none | none | when you call `reload()` |
+//!
+//! **Per trust change**: new verifiers are built, then a new `ServerConfig`/`ClientConfig`
+//! with a new, empty session cache is swapped in (rustls does not verify certificates on a
+//! resumed session, so sessions made under the old trust must not resume). Every peer pays one
+//! full handshake after a trust change. Identity rotations rebuild nothing, so resumption keeps
+//! working across them; the flip side is that a *resumed* session carries the certificates of
+//! the session it resumes, so a peer sees a rotated certificate at its next full handshake.
+//!
+//! ## Choosing a detection mode
+//!
+//! - **`Watch`** (default) for files on a local file system or a Kubernetes volume: renames,
+//!   `..data` swaps, certbot relinks and in-place writes are all seen at once. Each watching
+//!   handle uses one inotify instance (`fs.inotify.max_user_instances`, often 128 per user).
+//! - **`Poll`** where inotify says nothing: NFS and other network or FUSE file systems, files
+//!   written by another host or container runtime that does not propagate events; or where a
+//!   predictable, tiny background cost matters more than latency.
+//! - **`OnHandshake`** where a background thread is unwelcome (a sandbox, a process that
+//!   forks). The handshake that notices a change pays for reading and validating the files (in
+//!   an async server, on an executor thread); a service without traffic does not reload and
+//!   does not announce expiry unless it calls `check_expiry`.
+//! - **`Manual`** when something else knows when the files changed (a `SIGHUP`, an admin
+//!   endpoint, the agent's own callback): call `reload()`.
+//!
+//! ## No async runtime needed
+//!
+//! Nothing in `hitless` needs tokio or any other runtime: detectors are plain std threads, and
+//! resolvers, verifiers and configurations are synchronous rustls types. It works the same
+//! under blocking rustls (`StreamOwned`), tokio-rustls or any other runtime; the library's own
+//! tests use std threads only (`tests/drop.rs` checks a handshake and a rotation with no
+//! runtime at all). `reload()` reads files and may sleep for the quiet period: in async code,
+//! call it from a blocking task (`tokio::task::spawn_blocking`).
+//!
+//! ## Events and status
+//!
+//! Every credential announces what happens to it as an [`Event`]: `Reloaded` (a new
+//! generation is served), `ReloadFailed` (input refused, the last good value keeps serving),
+//! `ExpiringSoon` (less than a third of the lifetime left, by default, and no renewal yet) and
+//! `Expired`. Subscribe with the builders' `on_event` or with `subscribe`; callbacks run on the
+//! thread that did the reload (the detector, the caller of `reload()`, or in `on-handshake`
+//! mode the handshake), so keep them short. Expiry is announced by the detector's timer in
+//! `watch` and `poll` modes; call `check_expiry` in the others.
+//!
+//! [`Status`] is what a status page shows: generation, load time, last check, last error,
+//! counters and the validity of what is served; [`Status::health`] condenses it to a
+//! [`Health`] (`ok`, `degraded`, `expired`). Errors are one type, [`Error`], each variant
+//! naming the file and the reason.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -29,21 +29,6 @@ use rustls::SignatureScheme;
 use crate::credential::ServerIdentities;
 use crate::identity::Identity;
 
-/// Every signature scheme rustls knows, to precompute which ones each key can use.
-const ALL_SCHEMES: &[SignatureScheme] = &[
-    SignatureScheme::ECDSA_NISTP256_SHA256,
-    SignatureScheme::ECDSA_NISTP384_SHA384,
-    SignatureScheme::ECDSA_NISTP521_SHA512,
-    SignatureScheme::ED25519,
-    SignatureScheme::ED448,
-    SignatureScheme::RSA_PSS_SHA256,
-    SignatureScheme::RSA_PSS_SHA384,
-    SignatureScheme::RSA_PSS_SHA512,
-    SignatureScheme::RSA_PKCS1_SHA256,
-    SignatureScheme::RSA_PKCS1_SHA384,
-    SignatureScheme::RSA_PKCS1_SHA512,
-];
-
 /// One identity as a selection candidate.
 #[derive(Debug, Clone)]
 pub(crate) struct Candidate {
@@ -55,15 +40,9 @@ pub(crate) struct Candidate {
 
 impl Candidate {
     fn new(identity: &Identity) -> Candidate {
-        let key = identity.certified_key().clone();
-        let schemes = ALL_SCHEMES
-            .iter()
-            .copied()
-            .filter(|s| key.key.choose_scheme(&[*s]).is_some())
-            .collect();
         Candidate {
-            key,
-            schemes,
+            key: identity.certified_key().clone(),
+            schemes: identity.signature_schemes().to_vec(),
             not_before: identity.leaf().not_before,
             not_after: identity.leaf().not_after,
         }
