@@ -886,14 +886,17 @@ fn plural(n: usize, what: &str) -> String {
     }
 }
 
-/// A readable length of time: to the second under an hour, to the minute above
-/// (`6days 23h 59m`).
+/// A readable length of time in days, hours, minutes (and seconds under an hour):
+/// `1825d 3h 12m`, `6d 23h 59m`, `42m 7s`.
 fn span(seconds: i64) -> String {
-    let mut seconds = seconds.unsigned_abs();
-    if seconds >= 3600 {
-        seconds -= seconds % 60;
+    let s = seconds.unsigned_abs();
+    let (d, h, m, sec) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
+    match (d, h) {
+        (0, 0) if m == 0 => format!("{sec}s"),
+        (0, 0) => format!("{m}m {sec}s"),
+        (0, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h {m}m"),
     }
-    humantime::format_duration(Duration::from_secs(seconds)).to_string()
 }
 
 /// Whole seconds from `from` to `to`, negative when `to` is earlier.
