@@ -230,16 +230,17 @@ macro_rules! common_builder_methods {
             self
         }
 
-        /// How changes are noticed (default [`Detection::Watch`]).
+        /// How changes are noticed (default [`Detection::Watch`]; intervals are capped at a
+        /// year).
         pub fn detection(mut self, detection: Detection) -> Self {
-            self.options.detection = detection;
+            self.options.detection = detection.capped();
             self
         }
 
         /// How long an inconsistent read (a writer still busy) waits before it is retried and,
-        /// if it still fails, reported (default 200 ms).
+        /// if it still fails, reported (default 200 ms; at most an hour).
         pub fn quiet_period(mut self, quiet: Duration) -> Self {
-            self.options.quiet = quiet;
+            self.options.quiet = quiet.min(detect::MAX_QUIET_PERIOD);
             self
         }
 
@@ -252,7 +253,11 @@ macro_rules! common_builder_methods {
         /// Announce "expiring soon" when less than this fraction of the certificate's lifetime
         /// is left (default 1/3, what agents renew at).
         pub fn expiring_soon(mut self, fraction: f64) -> Self {
-            self.options.expiring_soon = fraction;
+            self.options.expiring_soon = if fraction.is_finite() {
+                fraction.clamp(0.0, 1.0)
+            } else {
+                crate::reload::DEFAULT_EXPIRING_SOON
+            };
             self
         }
 

@@ -130,8 +130,8 @@ pub enum Error {
         reason: String,
     },
 
-    /// The PKCS#12 password is wrong (its integrity check failed).
-    #[error("{path}: wrong PKCS#12 password (integrity check failed)")]
+    /// The PKCS#12 integrity check failed: the password is wrong (or the file is damaged).
+    #[error("{path}: PKCS#12 integrity check failed: wrong password, or a damaged file")]
     WrongPassword {
         /// The file.
         path: PathBuf,

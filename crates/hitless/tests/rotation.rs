@@ -266,3 +266,51 @@ fn watch_survives_its_directory_being_replaced() {
             .then_some(())
     });
 }
+
+#[test]
+fn resumption_does_not_outlive_a_rotation() {
+    let root = Ca::new_root("Resume Root", KeyType::EcP256);
+    let first = root.issue(&LeafSpec::server("localhost"));
+    let second = root.issue(&LeafSpec::server("localhost"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("identity.pem");
+    write_atomic(&path, first.bundle_pem(KeyFormat::Pkcs8).as_bytes());
+    let identity = ReloadingIdentity::builder(IdentitySource::bundle(&path))
+        .build()
+        .unwrap();
+    let configs = hitless::ReloadingServerConfig::builder(identity.resolver())
+        .new_sessions_on_rotation(&identity)
+        .build()
+        .unwrap();
+    let c = configs.clone();
+    let server = Server::start_with(move || c.current());
+    // A client that resumes whenever it can.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.rustls_cert()).unwrap();
+    let client = Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    connect(server.addr, &client, "localhost").unwrap();
+    let control = connect(server.addr, &client, "localhost").unwrap();
+    assert!(
+        control.resumed,
+        "control: the client resumes before a rotation"
+    );
+
+    write_atomic(&path, second.bundle_pem(KeyFormat::Pkcs8).as_bytes());
+    wait_for("the rotation", QUIET + MARGIN, || {
+        (identity.status().generation == 2).then_some(())
+    });
+    // The session cache was replaced with the rotation: the next handshake is full and shows
+    // the new certificate.
+    wait_for(
+        "a full handshake with the new certificate",
+        QUIET + MARGIN,
+        || {
+            let c = connect(server.addr, &client, "localhost").ok()?;
+            (!c.resumed && c.fingerprint == second.fingerprint_sha256_hex()).then_some(())
+        },
+    );
+}

@@ -333,7 +333,14 @@ pub fn run_plan(plan: Plan) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(plan, identities, trust, metrics, shutdown_signal(), None))
+    runtime.block_on(serve(
+        plan,
+        identities,
+        trust,
+        metrics,
+        shutdown_signal(),
+        None,
+    ))
 }
 
 /// Loads the plan's identities and client trust (or starts them empty, to wait for them).
@@ -460,8 +467,11 @@ pub async fn serve(
     } else {
         identities.resolver_for_ip(plan.listen.ip())
     };
+    // Every handshake after a rotation presents the new certificate: a rotation also starts
+    // a new session cache (one full handshake per client per rotation).
     let mut builder = ReloadingServerConfig::builder(resolver)
-        .configure(|c| c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        .configure(|c| c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()])
+        .new_sessions_on_rotation_of(&identities);
     if let Some(trust) = &trust {
         builder = builder.client_trust(trust.clone());
     }

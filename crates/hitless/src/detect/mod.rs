@@ -61,6 +61,19 @@ pub enum Detection {
 }
 
 impl Detection {
+    /// The same mode with its interval capped at [`MAX_INTERVAL`].
+    pub(crate) fn capped(self) -> Detection {
+        match self {
+            Detection::Poll { interval } => Detection::Poll {
+                interval: interval.min(MAX_INTERVAL),
+            },
+            Detection::OnHandshake { ttl } => Detection::OnHandshake {
+                ttl: ttl.min(MAX_INTERVAL),
+            },
+            other => other,
+        }
+    }
+
     /// The mode's name as shown in status and logs.
     pub fn name(&self) -> &'static str {
         match self {
@@ -74,6 +87,19 @@ impl Detection {
 
 /// Default time a failing read waits before it is retried and, if it still fails, reported.
 pub const DEFAULT_QUIET_PERIOD: Duration = Duration::from_millis(200);
+/// The longest quiet period taken (a longer one is capped).
+pub const MAX_QUIET_PERIOD: Duration = Duration::from_secs(3600);
+/// The longest poll interval or on-handshake TTL taken (a longer one is capped).
+pub const MAX_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `now + d`, saturating far in the future instead of overflowing.
+pub(crate) fn later(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(MAX_INTERVAL))
+        .unwrap_or(now)
+}
+
 /// Default TTL of `on-handshake` checks.
 pub const DEFAULT_ON_HANDSHAKE_TTL: Duration = Duration::from_secs(1);
 /// Default poll interval.
@@ -160,10 +186,10 @@ impl Tracked {
             Attempt::Failed {
                 reported: false, ..
             } => {
-                self.retry_at = Some((Instant::now() + quiet, true));
+                self.retry_at = Some((later(quiet), true));
             }
             Attempt::Failed { reported: true, .. } => {
-                self.retry_at = Some((Instant::now() + self.backoff, true));
+                self.retry_at = Some((later(self.backoff), true));
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
             }
         }
@@ -172,7 +198,7 @@ impl Tracked {
 
     /// A writer is busy on one of the files: look once it has been quiet.
     pub(crate) fn defer(&mut self, quiet: Duration) {
-        let at = Instant::now() + quiet;
+        let at = later(quiet);
         match self.retry_at {
             Some((t, _)) if t <= at => {}
             _ => self.retry_at = Some((at, true)),
@@ -246,9 +272,9 @@ pub(crate) fn next_deadline(tracked: &mut [Tracked], cap: Instant) -> Instant {
                     let wait = at
                         .duration_since(std::time::SystemTime::now())
                         .unwrap_or_default();
-                    now + wait + Duration::from_millis(5)
+                    later(wait.saturating_add(Duration::from_millis(5)))
                 }
-                None => now + Duration::from_secs(3600),
+                None => later(Duration::from_secs(3600)),
             });
         }
         if let Some(due) = t.expiry_due {
@@ -289,7 +315,7 @@ pub(crate) fn wait(rx: &Receiver<Msg>, deadline: Instant) -> Result<Option<Msg>,
 }
 
 fn poll_loop(rx: Receiver<Msg>, mut tracked: Vec<Tracked>, interval: Duration, quiet: Duration) {
-    let mut next_poll = Instant::now() + jittered(interval);
+    let mut next_poll = later(jittered(interval));
     loop {
         let deadline = next_deadline(&mut tracked, next_poll);
         match wait(&rx, deadline) {
@@ -299,7 +325,7 @@ fn poll_loop(rx: Receiver<Msg>, mut tracked: Vec<Tracked>, interval: Duration, q
         }
         run_due(&mut tracked, quiet);
         if Instant::now() >= next_poll {
-            next_poll = Instant::now() + jittered(interval);
+            next_poll = later(jittered(interval));
             for t in tracked.iter_mut() {
                 let Some(target) = t.target.upgrade() else {
                     continue;
@@ -319,6 +345,7 @@ fn poll_loop(rx: Receiver<Msg>, mut tracked: Vec<Tracked>, interval: Duration, q
 
 /// `interval` ±10%, random per call so that a fleet started together drifts apart.
 pub(crate) fn jittered(interval: Duration) -> Duration {
+    let interval = interval.min(MAX_INTERVAL);
     let mut h = RandomState::new().build_hasher();
     h.write_u64(Instant::now().elapsed().as_nanos() as u64);
     let r = (h.finish() % 2001) as f64 / 1000.0 - 1.0; // -1.0 ..= 1.0

@@ -37,6 +37,8 @@ struct Inner<C> {
     trust_generation: AtomicU64,
     build: Build<C>,
     on_trust_change: std::sync::Mutex<Vec<TrustCallback>>,
+    /// Serialises rebuilds (trust and identity detectors run on different threads).
+    rebuild_lock: std::sync::Mutex<()>,
 }
 
 impl<C: Send + Sync + 'static> Inner<C> {
@@ -49,6 +51,7 @@ impl<C: Send + Sync + 'static> Inner<C> {
             trust_generation: AtomicU64::new(generation),
             build,
             on_trust_change: std::sync::Mutex::default(),
+            rebuild_lock: std::sync::Mutex::default(),
         });
         if let Some(trust) = trust {
             let weak: Weak<Inner<C>> = Arc::downgrade(&inner);
@@ -63,7 +66,34 @@ impl<C: Send + Sync + 'static> Inner<C> {
         Ok(inner)
     }
 
+    /// Subscribes `subscribe` (an identity's event source): every rotation starts a new
+    /// session cache, so that no peer resumes into a session made with the old certificate.
+    fn renew_sessions_on(self: &Arc<Self>, subscribe: impl FnOnce(crate::EventCallback)) {
+        let weak: Weak<Inner<C>> = Arc::downgrade(self);
+        subscribe(Arc::new(move |event| {
+            if let Event::Reloaded { generation, .. } = event {
+                if *generation > 1 {
+                    if let Some(inner) = weak.upgrade() {
+                        inner.renew_sessions();
+                    }
+                }
+            }
+        }));
+    }
+
+    fn renew_sessions(&self) {
+        let _serialise = lock(&self.rebuild_lock);
+        match (self.build)(self.trust.as_ref()) {
+            Ok(config) => {
+                self.current.store(Arc::new(config));
+                tracing::debug!("identity rotated: new session cache in use");
+            }
+            Err(e) => tracing::error!("cannot rebuild the TLS configuration: {e}"),
+        }
+    }
+
     fn rebuild(&self, generation: u64) {
+        let _serialise = lock(&self.rebuild_lock);
         match (self.build)(self.trust.as_ref()) {
             Ok(config) => {
                 self.current.store(Arc::new(config));
@@ -128,6 +158,7 @@ pub struct ServerConfigBuilder {
     resolver: Arc<dyn ResolvesServerCert>,
     trust: Option<ReloadingTrust>,
     configure: Option<Configure<ServerConfig>>,
+    renew_on: Vec<Box<dyn FnOnce(crate::EventCallback) + Send>>,
 }
 
 impl ServerConfigBuilder {
@@ -144,8 +175,30 @@ impl ServerConfigBuilder {
         self
     }
 
+    /// Start a new session cache whenever this identity rotates, so that no client resumes
+    /// (TLS 1.3 PSK, TLS 1.2 session) into a session made with the old certificate, and every
+    /// handshake after a rotation presents the new one. Costs one full handshake per client
+    /// per rotation. Without it, a client that keeps resuming keeps the session (and the view
+    /// of the certificate) it started with, which TLS allows.
+    pub fn new_sessions_on_rotation(mut self, identity: &ReloadingIdentity) -> Self {
+        let identity = identity.clone();
+        self.renew_on
+            .push(Box::new(move |cb| identity.subscribe(move |e| cb(e))));
+        self
+    }
+
+    /// [`new_sessions_on_rotation`](Self::new_sessions_on_rotation) for every identity of a
+    /// set.
+    pub fn new_sessions_on_rotation_of(mut self, identities: &crate::ServerIdentities) -> Self {
+        let identities = identities.clone();
+        self.renew_on
+            .push(Box::new(move |cb| identities.subscribe(move |e| cb(e))));
+        self
+    }
+
     /// Builds the first configuration (the trust must be loaded) and follows trust changes.
     pub fn build(self) -> Result<ReloadingServerConfig, Error> {
+        let renew_on = self.renew_on;
         let resolver = self.resolver;
         let configure = self.configure;
         let build = Box::new(move |trust: Option<&ReloadingTrust>| {
@@ -163,9 +216,11 @@ impl ServerConfigBuilder {
             }
             Ok(config)
         });
-        Ok(ReloadingServerConfig {
-            inner: Inner::start(self.trust, build)?,
-        })
+        let inner = Inner::start(self.trust, build)?;
+        for subscribe in renew_on {
+            inner.renew_sessions_on(subscribe);
+        }
+        Ok(ReloadingServerConfig { inner })
     }
 }
 
@@ -177,6 +232,7 @@ impl ReloadingServerConfig {
             resolver,
             trust: None,
             configure: None,
+            renew_on: Vec::new(),
         }
     }
 
@@ -227,7 +283,9 @@ impl ReloadingServerConfig {
 }
 
 /// A `ClientConfig` that is rebuilt (new server verifier, new resumption store) whenever the
-/// trust bundle or its CRLs change, presenting reloading client identities.
+/// trust bundle or its CRLs change, presenting reloading client identities; a rotation of one
+/// of those identities also starts a new resumption store, so the next handshake to each
+/// server presents the new certificate.
 #[derive(Clone)]
 pub struct ReloadingClientConfig {
     inner: Arc<Inner<ClientConfig>>,
@@ -268,6 +326,7 @@ impl ClientConfigBuilder {
 
     /// Builds the first configuration and follows trust changes.
     pub fn build(self) -> Result<ReloadingClientConfig, Error> {
+        let identities = self.identities.clone();
         let resolver = (!self.identities.is_empty())
             .then(|| Arc::new(ClientIdentityResolver::new(self.identities)));
         let configure = self.configure;
@@ -288,9 +347,13 @@ impl ClientConfigBuilder {
             }
             Ok(config)
         });
-        Ok(ReloadingClientConfig {
-            inner: Inner::start(Some(self.trust), build)?,
-        })
+        let inner = Inner::start(Some(self.trust), build)?;
+        // A rotated client identity starts a new resumption store: the next connection to
+        // every server is a full handshake presenting the new certificate.
+        for identity in identities {
+            inner.renew_sessions_on(move |cb| identity.subscribe(move |e| cb(e)));
+        }
+        Ok(ReloadingClientConfig { inner })
     }
 }
 

@@ -88,10 +88,7 @@ pub(crate) fn read_stable(paths: &[&Path]) -> Result<Snapshot, Error> {
     let mut files = Vec::with_capacity(unique.len());
     let mut hasher = Sha256::new();
     for p in &unique {
-        let contents = fs::read(p).map_err(|error| Error::Read {
-            path: p.to_path_buf(),
-            error,
-        })?;
+        let contents = read_regular(p)?;
         let name = p.as_os_str().as_encoded_bytes();
         hasher.update((name.len() as u64).to_le_bytes());
         hasher.update(name);
@@ -110,6 +107,40 @@ pub(crate) fn read_stable(paths: &[&Path]) -> Result<Snapshot, Error> {
         files,
         digest: hasher.finalize().into(),
     })
+}
+
+/// The largest credential file read (CRLs of large CAs run to tens of MiB).
+const MAX_FILE_SIZE: u64 = 256 * 1024 * 1024;
+
+/// Reads a regular file (symlinks followed) of at most [`MAX_FILE_SIZE`]: a named pipe would
+/// block the reader forever, a device could be endless.
+fn read_regular(path: &Path) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    let read_error = |error| Error::Read {
+        path: path.to_path_buf(),
+        error,
+    };
+    let meta = fs::metadata(path).map_err(read_error)?;
+    if !meta.is_file() {
+        return Err(read_error(std::io::Error::other("not a regular file")));
+    }
+    if meta.len() > MAX_FILE_SIZE {
+        return Err(read_error(std::io::Error::other(format!(
+            "larger than {} MiB",
+            MAX_FILE_SIZE / (1024 * 1024)
+        ))));
+    }
+    let file = fs::File::open(path).map_err(read_error)?;
+    let mut contents = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut contents)
+        .map_err(read_error)?;
+    if contents.len() as u64 > MAX_FILE_SIZE {
+        return Err(read_error(std::io::Error::other(
+            "grew past the size limit while read",
+        )));
+    }
+    Ok(contents)
 }
 
 /// Stamps of `paths`, `None` for a file that cannot be stat'ed (missing, ...).

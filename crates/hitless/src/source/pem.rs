@@ -56,7 +56,7 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Sections, Error> {
     for item in <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(&text) {
         let (kind, der) = item.map_err(|e| Error::Pem {
             path: path.to_owned(),
-            reason: e.to_string(),
+            reason: readable(&e),
         })?;
         match kind {
             SectionKind::Certificate => out.certs.push(CertificateDer::from(der)),
@@ -73,7 +73,41 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Sections, Error> {
             _ => {}
         }
     }
+    if ends_inside_a_marker(&text) {
+        return Err(Error::Pem {
+            path: path.to_owned(),
+            reason: "the file ends inside a \"-----BEGIN\" line (truncated?)".into(),
+        });
+    }
     Ok(out)
+}
+
+/// Whether what follows the last complete line is the start of a PEM marker: a file cut by a
+/// writer that has not finished (the PEM parser would skip it as text between blocks).
+fn ends_inside_a_marker(text: &[u8]) -> bool {
+    let last_line = match text.iter().rposition(|b| *b == b'\n' || *b == b'\r') {
+        Some(i) => &text[i + 1..],
+        None => text,
+    };
+    let trimmed = last_line.trim_ascii();
+    !trimmed.is_empty() && trimmed.starts_with(b"-") && !trimmed.starts_with(END)
+}
+
+/// The PEM parser's error in words (its own carry raw bytes).
+fn readable(error: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    match error {
+        E::MissingSectionEnd { end_marker } => format!(
+            "no \"-----END {}-----\" line (file truncated?)",
+            String::from_utf8_lossy(end_marker)
+        ),
+        E::IllegalSectionStart { line } => format!(
+            "malformed \"-----BEGIN\" line {:?}",
+            String::from_utf8_lossy(line)
+        ),
+        E::Base64Decode(detail) => format!("invalid base64 inside a block: {detail}"),
+        other => other.to_string(),
+    }
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
