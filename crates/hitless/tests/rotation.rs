@@ -192,6 +192,29 @@ fn kubernetes_data_symlink_swap() {
 }
 
 #[test]
+fn certbot_live_symlinks_into_archive() {
+    rotate_under_load(
+        "certbot",
+        Detection::Watch,
+        |dir, leaf| {
+            let key = leaf.key_pem(KeyFormat::Pkcs8);
+            hitless_test_pki::certbot_renew(
+                dir,
+                "example",
+                leaf.chain_pem.as_bytes(),
+                key.as_bytes(),
+            );
+        },
+        |dir| {
+            IdentitySource::pair(
+                dir.join("live/example/fullchain.pem"),
+                dir.join("live/example/privkey.pem"),
+            )
+        },
+    );
+}
+
+#[test]
 fn poll_mode_picks_up_a_rename() {
     rotate_under_load(
         "poll rename",
