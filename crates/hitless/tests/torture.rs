@@ -660,9 +660,7 @@ impl Layout {
                 let leaf = pki.good(rng.next());
                 (
                     self.p12(&leaf, &format!("not {password}")),
-                    Expect::file(F)
-                        .because("wrong password")
-                        .leaf(&leaf),
+                    Expect::file(F).because("wrong password").leaf(&leaf),
                 )
             }
             Bad::WrongPasswordFile => {
