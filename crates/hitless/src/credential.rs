@@ -727,6 +727,21 @@ impl ServerIdentities {
         })
     }
 
+    /// The certificate a handshake for `server_name` (no SNI: `None`) offering `schemes` would
+    /// get: exactly what the resolver does (one atomic load, one or two hash lookups), for
+    /// diagnostics and benchmarks (a rustls `ClientHello` cannot be built by hand).
+    pub fn resolve(
+        &self,
+        server_name: Option<&str>,
+        schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.inner
+            .index
+            .load()
+            .choose(server_name, None, schemes)
+            .cloned()
+    }
+
     /// Announces "expiring soon"/"expired" for every identity now if due (the detector thread
     /// does this by itself in `watch` and `poll` modes).
     pub fn check_expiry(&self) {

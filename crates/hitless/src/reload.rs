@@ -56,6 +56,9 @@ pub(crate) struct Reloading<L: Load> {
     loader: L,
     pub(crate) current: ArcSwapOption<Snapshot<L::Value>>,
     state: Mutex<State>,
+    /// Serialises attempts (detector thread, manual reload, on-handshake check); held while
+    /// files are read and parsed, so `state` (what status pages read) is held only briefly.
+    attempt_lock: Mutex<()>,
     pub(crate) events: Events,
     /// Fraction of the lifetime left below which the credential is "expiring soon".
     pub(crate) expiring_soon: f64,
@@ -89,6 +92,7 @@ impl<L: Load> Reloading<L> {
                 detection,
                 ..State::default()
             }),
+            attempt_lock: Mutex::new(()),
             events,
             expiring_soon: DEFAULT_EXPIRING_SOON,
             expiry: Mutex::default(),
@@ -104,10 +108,9 @@ impl<L: Load> Reloading<L> {
     /// is recorded in the status, logged and announced; without, it is only logged at debug
     /// level (the caller will retry).
     pub(crate) fn attempt(&self, report: bool) -> Attempt {
-        // The state lock serialises attempts (detector thread, manual reload); handshakes never
-        // take it.
-        let mut state = lock(&self.state);
-        state.last_check = Some(SystemTime::now());
+        // Handshakes never take these locks.
+        let _serialise = lock(&self.attempt_lock);
+        lock(&self.state).last_check = Some(SystemTime::now());
         let paths = self.loader.paths();
         let refs: Vec<&std::path::Path> = paths.iter().map(PathBuf::as_path).collect();
         let outcome = read_stable(&refs).and_then(|files| {
@@ -120,6 +123,7 @@ impl<L: Load> Reloading<L> {
             let value = self.loader.load(&files)?;
             Ok(Some((value, files.digest)))
         });
+        let mut state = lock(&self.state);
         match outcome {
             Ok(None) => {
                 if state.last_error.take().is_some() {

@@ -175,8 +175,11 @@ impl Tracked {
     /// Attempts a reload now; schedules what follows.
     pub(crate) fn attempt(&mut self, report: bool, quiet: Duration) -> Option<Attempt> {
         let target = self.target.upgrade()?;
+        // Stamps taken before reading: a file replaced while the attempt runs then differs
+        // from them, and the next poll looks again (taken after, it would be lost).
+        let before = stamps(&target.paths());
         let result = target.attempt(report);
-        self.stamps = stamps(&target.paths());
+        self.stamps = before;
         self.expiry_due = None;
         match &result {
             Attempt::Unchanged | Attempt::Reloaded(_) => {
