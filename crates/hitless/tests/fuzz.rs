@@ -554,7 +554,8 @@ proptest! {
     }
 
     /// Arbitrary bytes (binary, CR, LF, NUL, partial dashes; anything but a 5-dash marker)
-    /// before, between and after the blocks are text outside PEM blocks: ignored.
+    /// before, between and after the blocks are text outside PEM blocks: ignored (except a
+    /// last line that is the start of a BEGIN line: a truncated file).
     #[test]
     fn arbitrary_bytes_between_blocks_are_ignored(
         f in fixture(),
@@ -567,6 +568,14 @@ proptest! {
             text.extend_from_slice(block.pem().as_bytes());
         }
         text.extend_from_slice(gaps.last().unwrap());
+        // A file whose last line is the start of a BEGIN line ("-", "--", ..., "-----BEGI")
+        // was cut by its writer: refused on purpose (see a_file_cut_inside_a_begin_line_is_refused).
+        let last_line = text
+            .rsplit(|b| *b == b'\n' || *b == b'\r')
+            .next()
+            .unwrap_or(&[])
+            .trim_ascii();
+        prop_assume!(last_line.is_empty() || !b"-----BEGIN ".starts_with(last_line));
         let path = Path::new("/run/secrets/identity.pem");
         let result = Identity::from_pem(path, &text, path, &text);
         check_identity(&result, &[path])?;

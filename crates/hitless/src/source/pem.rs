@@ -90,7 +90,7 @@ fn ends_inside_a_marker(text: &[u8]) -> bool {
         None => text,
     };
     let trimmed = last_line.trim_ascii();
-    !trimmed.is_empty() && trimmed.starts_with(b"-") && !trimmed.starts_with(END)
+    !trimmed.is_empty() && (BEGIN.starts_with(trimmed) || trimmed.starts_with(BEGIN))
 }
 
 /// The PEM parser's error in words (its own carry raw bytes).
