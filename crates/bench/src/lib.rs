@@ -5,7 +5,7 @@
 //! cargo run --release -p hitless-bench -- all
 //! ```
 //!
-//! Five parts, each also a subcommand (see `docs/PERFORMANCE.md` for what every figure means):
+//! Eight parts, each also a subcommand (see `docs/PERFORMANCE.md` for what every figure means):
 //!
 //! 1. [`handshake`]: in-process mutual-TLS 1.3 handshakes over memory buffers, static rustls
 //!    against hitless, and hitless while the identity file is replaced every 100 ms;
@@ -15,7 +15,11 @@
 //!    to the first handshake that presents the new leaf, in watch and poll modes;
 //! 5. [`memory`]: RSS and open descriptors before and after thousands of rotations;
 //! 6. [`instructions`]: instruction counts per handshake and per lookup under callgrind
-//!    (noise-free; skipped when valgrind is not installed).
+//!    (noise-free; skipped when valgrind is not installed);
+//! 7. [`sni`]: the SNI resolver (`ServerIdentities::resolve`) with 1, 100 and 10,000
+//!    identities against a static `HashMap` lookup;
+//! 8. [`scale`]: 10,000 identities in watch mode: load time, RSS, threads, and the time to
+//!    pick up one changed file among them (only that identity re-read).
 //!
 //! Baseline and candidate are always measured in the same run, interleaved in rounds (the
 //! order rotates every round), and the median of the per-round figures is reported: the
@@ -24,9 +28,12 @@
 pub mod common;
 pub mod handshake;
 pub mod instructions;
+pub mod many;
 pub mod memory;
 pub mod resolver;
 pub mod rotation;
+pub mod scale;
+pub mod sni;
 pub mod tcp;
 
 use std::time::Duration;
@@ -66,6 +73,20 @@ pub struct Settings {
     pub instr_handshakes: u64,
     /// Lookups counted per kind under callgrind.
     pub instr_lookups: u64,
+    /// Lookups per case per round in the SNI part.
+    pub sni_iters: u64,
+    /// Set sizes measured in the SNI part.
+    pub sni_counts: Vec<usize>,
+    /// Lookups counted per case under callgrind in the SNI part (0: no counts).
+    pub sni_instr_iters: u64,
+    /// Set sizes counted under callgrind (each child run issues and loads its own set).
+    pub sni_instr_counts: Vec<usize>,
+    /// Identities in the scale part's large set.
+    pub scale_identities: usize,
+    /// Identities in the scale part's small reference set.
+    pub scale_small: usize,
+    /// Single-file changes per set in the scale part.
+    pub scale_changes: usize,
 }
 
 impl Settings {
@@ -87,6 +108,13 @@ impl Settings {
             key_types: vec![KeyType::EcP256, KeyType::Rsa2048],
             instr_handshakes: 100,
             instr_lookups: 100_000,
+            sni_iters: 200_000,
+            sni_counts: vec![1, 100, 10_000],
+            sni_instr_iters: 100_000,
+            sni_instr_counts: vec![1, 100],
+            scale_identities: 10_000,
+            scale_small: 100,
+            scale_changes: 50,
         }
     }
 
@@ -103,6 +131,10 @@ impl Settings {
             memory_warmup: 50,
             instr_handshakes: 20,
             instr_lookups: 10_000,
+            sni_iters: 50_000,
+            sni_instr_counts: vec![1, 100],
+            sni_instr_iters: 10_000,
+            scale_changes: 20,
             ..Settings::full()
         }
     }
@@ -120,6 +152,13 @@ impl Settings {
             memory_warmup: 5,
             instr_handshakes: 2,
             instr_lookups: 100,
+            sni_iters: 1_000,
+            sni_counts: vec![1, 50],
+            sni_instr_iters: 0,
+            sni_instr_counts: vec![],
+            scale_identities: 50,
+            scale_small: 10,
+            scale_changes: 5,
             ..Settings::full()
         }
     }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use hitless_bench::{
-    handshake, instructions, memory, resolver, rotation, tcp, Outcome, Settings, Target,
+    handshake, instructions, memory, resolver, rotation, scale, sni, tcp, Outcome, Settings, Target,
 };
 
 const USAGE: &str = "\
@@ -26,6 +26,10 @@ parts (default: all):
   instructions
              6. instructions per handshake and per lookup under valgrind callgrind
                 (noise-free; skipped if valgrind is not installed)
+  sni        7. ns per SNI resolve() with 1, 100, 10,000 identities vs a static HashMap
+                (+ instructions per resolve under callgrind when valgrind is installed)
+  scale      8. 10,000 identities in watch mode: load time, RSS, threads; time to pick up one
+                changed file among them; only that identity re-read
 
 options:
   --quick     CI-sized run (fewer rounds and rotations; indicative figures only)
@@ -36,18 +40,21 @@ options:
               valgrind --tool=callgrind (see docs/PERFORMANCE.md): NAME is static-key,
               hitless-key, static-config, hitless-config (part 3 lookups; counted function
               *run_op*) or handshake-static, handshake-hitless (part 1 handshakes; counted
-              function *counted_handshakes*)
+              function *counted_handshakes*), or sni-map, sni-exact, sni-wildcard, sni-miss,
+              sni-none [--identities N] (part 7 lookups; counted function *run_sni_op*)
 
 Exit status: 0 if every correctness check passed (no failed handshake, every rotation
 observed), 1 otherwise; 2 on a usage error. Missed speed targets are reported, not fatal.";
 
-const PARTS: [&str; 6] = [
+const PARTS: [&str; 8] = [
     "handshake",
     "tcp",
     "resolver",
     "rotation",
     "memory",
     "instructions",
+    "sni",
+    "scale",
 ];
 
 fn main() -> ExitCode {
@@ -57,6 +64,7 @@ fn main() -> ExitCode {
     let mut rounds = None;
     let mut op = None;
     let mut iters = None;
+    let mut identities = 1usize;
     let mut key = hitless_test_pki::KeyType::EcP256;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -74,6 +82,10 @@ fn main() -> ExitCode {
                 Some("rsa2048") => key = hitless_test_pki::KeyType::Rsa2048,
                 _ => return usage("--key needs p256 or rsa2048"),
             },
+            "--identities" => match args.next().and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) if n > 0 => identities = n,
+                _ => return usage("--identities needs a positive number"),
+            },
             "--iters" => match args.next().and_then(|n| n.parse::<u64>().ok()) {
                 Some(n) => iters = Some(n),
                 None => return usage("--iters needs a number"),
@@ -89,6 +101,15 @@ fn main() -> ExitCode {
         }
     }
     if let Some(op) = op {
+        if op.starts_with("sni-") {
+            return match sni::run_one_op(&op, identities, iters.unwrap_or(1_000_000)) {
+                Ok(msg) => {
+                    println!("{msg}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => usage(&e),
+            };
+        }
         return run_one_op(&op, iters, key);
     }
     if parts.is_empty() {
@@ -121,6 +142,8 @@ fn main() -> ExitCode {
             "resolver" => resolver::run(&settings),
             "rotation" => rotation::run(&settings),
             "memory" => memory::run(&settings),
+            "sni" => sni::run(&settings),
+            "scale" => scale::run(&settings),
             _ => instructions::run(&settings),
         };
         eprintln!(

@@ -2,7 +2,7 @@
 //! asserted (no failed handshake, rotations observed, no leaked descriptor or thread). Speed
 //! is never asserted here: a debug build on a shared CI machine says nothing about speed.
 
-use hitless_bench::{handshake, memory, resolver, rotation, tcp, Outcome, Settings};
+use hitless_bench::{handshake, memory, resolver, rotation, scale, sni, tcp, Outcome, Settings};
 
 fn assert_correct(part: &str, o: &Outcome) {
     assert!(
@@ -42,11 +42,66 @@ fn tcp_part_runs_and_never_fails_a_handshake() {
 }
 
 #[test]
-fn resolver_part_runs_and_keeps_the_sni_todo() {
+fn resolver_part_runs_and_points_to_the_sni_part() {
     let o = resolver::run(&Settings::smoke());
     assert_correct("resolver", &o);
-    assert!(o.text.contains("TODO"), "{}", o.text);
-    assert!(o.json["sni"]["identities_100"].is_null());
+    assert!(!o.text.contains("TODO"), "{}", o.text);
+    assert!(o.text.contains("part 7"), "{}", o.text);
+}
+
+#[test]
+fn sni_part_resolves_every_case_to_the_right_identity() {
+    // 50 identities: exact, wildcard, unknown and no-SNI names are checked against the leaf
+    // each must select before anything is timed (problems otherwise).
+    let s = Settings::smoke();
+    let o = sni::run(&s);
+    assert_correct("sni", &o);
+    let sets = o.json["sets"].as_array().expect("sets");
+    assert_eq!(sets.len(), s.sni_counts.len());
+    for set in sets {
+        let cases = set["cases"].as_array().expect("cases");
+        assert_eq!(cases.len(), sni::CASES.len(), "{set}");
+        for c in cases {
+            assert_eq!(
+                c["ns_per_op_rounds"].as_array().map(Vec::len),
+                Some(s.rounds),
+                "{c}"
+            );
+        }
+    }
+    // One target per resolve case for the largest set (speed is not asserted).
+    assert_eq!(o.targets.len(), sni::CASES.len() - 1);
+}
+
+#[test]
+fn sni_subjects_check_catches_a_wrong_leaf() {
+    let tree = hitless_bench::many::Tree::generate(3);
+    let subjects = sni::SniSubjects::new(&tree, 3);
+    assert!(subjects.check(&tree).is_empty());
+    // A tree whose recorded leaves are not the ones served: every check must fail.
+    let mut other = hitless_bench::many::Tree::generate(3);
+    other.ders.rotate_left(1);
+    assert!(!subjects.check(&other).is_empty());
+}
+
+#[test]
+fn scale_part_picks_up_each_change_and_rereads_only_that_identity() {
+    let s = scale::measure(50, 5);
+    assert_eq!(s.identities, 50);
+    assert_eq!(s.missed, 0, "{s:?}");
+    assert!(s.wrong.is_empty(), "{:#?}", s.wrong);
+    assert_eq!(s.pickup_ms.len(), 5);
+    // Exactly one member (the changed one) was looked at and reloaded per change.
+    assert_eq!(s.last_check_moved, vec![1; 5]);
+    assert_eq!(s.reloads_moved, vec![1; 5]);
+    // Thread counts are process-wide and other tests run in parallel: checked by the real run.
+}
+
+#[test]
+fn scale_part_runs() {
+    let o = scale::run(&Settings::smoke());
+    assert_correct("scale", &o);
+    assert_eq!(o.json["sets"].as_array().map(Vec::len), Some(2));
 }
 
 #[test]
@@ -84,6 +139,8 @@ fn single_operation_modes_used_under_callgrind_still_run() {
         &["--op", "handshake-hitless", "--iters", "2"],
         &["--op", "hitless-key", "--iters", "100"],
         &["--op", "hitless-config", "--iters", "100"],
+        &["--op", "sni-exact", "--identities", "3", "--iters", "100"],
+        &["--op", "sni-none", "--iters", "100"],
     ] {
         let out = std::process::Command::new(exe)
             .args(args)

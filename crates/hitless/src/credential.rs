@@ -521,7 +521,7 @@ impl MemberOptions {
     }
 }
 
-struct Member {
+pub(crate) struct Member {
     reloading: Arc<Reloading<IdentityLoader>>,
     names: Option<Vec<String>>,
     is_default: bool,
@@ -538,26 +538,41 @@ pub(crate) struct SetInner {
     detector: std::sync::OnceLock<Option<Detector>>,
 }
 
+impl crate::rustls::MemberSnapshots for Vec<Member> {
+    fn len(&self) -> usize {
+        <[Member]>::len(self)
+    }
+    fn get(&self, i: usize) -> Option<&arc_swap::ArcSwapOption<Snapshot<Identity>>> {
+        <[Member]>::get(self, i).map(|m| &m.reloading.current)
+    }
+}
+
 impl SetInner {
+    /// Rebuilds the name index if some member's names changed (a rotation that keeps its
+    /// names changes nothing here: the resolver reads the member's new snapshot directly).
     fn rebuild(&self) {
         let _serialise = lock(&self.rebuild_lock);
-        let snapshots: Vec<_> = self
+        let names: Vec<(crate::rustls::Names, bool)> = self
             .members
             .iter()
-            .map(|m| (m.reloading.current.load_full(), m))
-            .collect();
-        let entries: Vec<crate::rustls::IndexEntry<'_>> = snapshots
-            .iter()
-            .filter_map(|(s, m)| {
-                s.as_ref().map(|s| crate::rustls::IndexEntry {
-                    identity: &s.value,
-                    names: m.names.as_deref(),
-                    is_default: m.is_default,
-                })
+            .map(|m| {
+                let current = m.reloading.current.load();
+                let names = crate::rustls::Names::of(
+                    current.as_ref().map(|s| &s.value),
+                    m.names.as_deref(),
+                );
+                (names, m.is_default)
             })
             .collect();
+        let index = self.index.load();
+        if index.names.len() == names.len()
+            && index.names.iter().zip(&names).all(|(a, b)| *a == b.0)
+        {
+            return;
+        }
+        drop(index);
         self.index
-            .store(Arc::new(crate::rustls::SniIndex::build(&entries)));
+            .store(Arc::new(crate::rustls::SniIndex::build(names)));
     }
 }
 
@@ -719,11 +734,10 @@ impl ServerIdentities {
     /// The identity served to a client asking for `server_name` (no SNI: the default one), as
     /// the resolver would choose it for a client accepting any key type.
     pub fn serving(&self, server_name: Option<&str>) -> Option<Arc<Snapshot<Identity>>> {
-        let index = self.inner.index.load();
-        let key = index.choose(server_name, None, &[])?;
+        let key = self.choose(server_name, None, &[])?;
         self.inner.members.iter().find_map(|m| {
             let current = m.reloading.current.load_full()?;
-            Arc::ptr_eq(current.value.certified_key(), key).then_some(current)
+            Arc::ptr_eq(current.value.certified_key(), &key).then_some(current)
         })
     }
 
@@ -735,11 +749,21 @@ impl ServerIdentities {
         server_name: Option<&str>,
         schemes: &[rustls::SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
+        self.choose(server_name, None, schemes)
+    }
+
+    /// What the resolver does: one load of the name index, a lookup, and one load per
+    /// candidate's current snapshot.
+    pub(crate) fn choose(
+        &self,
+        server_name: Option<&str>,
+        local_ip: Option<std::net::IpAddr>,
+        schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
         self.inner
             .index
             .load()
-            .choose(server_name, None, schemes)
-            .cloned()
+            .choose(&self.inner.members, server_name, local_ip, schemes)
     }
 
     /// Announces "expiring soon"/"expired" for every identity now if due (the detector thread

@@ -39,6 +39,8 @@ pub(crate) struct WatchState {
     dirs: HashMap<PathBuf, usize>,
     /// Directories actually watched (a wanted one may not exist yet).
     watched: HashSet<PathBuf>,
+    /// Directories newly wanted since the last `watch_missing`.
+    pending: Vec<PathBuf>,
     quiet: Duration,
     rewatch_at: Option<Instant>,
 }
@@ -63,6 +65,7 @@ impl WatchState {
             by_path: HashMap::new(),
             dirs: HashMap::new(),
             watched: HashSet::new(),
+            pending: Vec::new(),
             quiet,
             rewatch_at: None,
         };
@@ -112,26 +115,34 @@ impl WatchState {
         }
         for p in new.difference(&old) {
             self.by_path.entry(p.clone()).or_default().push(i);
-            *self.dirs.entry(parent_dir(p)).or_default() += 1;
+            let count = self.dirs.entry(parent_dir(p)).or_default();
+            *count += 1;
+            if *count == 1 {
+                self.pending.push(parent_dir(p));
+            }
         }
-        self.watch_missing();
     }
 
     fn refresh_all(&mut self) {
         for i in 0..self.tracked.len() {
             self.refresh(i);
         }
-        self.watch_missing();
-    }
-
-    /// Watches every wanted directory not watched yet; retries later those that do not exist.
-    fn watch_missing(&mut self) {
-        let mut missing = false;
-        let wanted: Vec<PathBuf> = self
+        // Every wanted directory, not only the new ones: some may have been lost.
+        self.pending = self
             .dirs
             .keys()
             .filter(|d| !self.watched.contains(*d))
             .cloned()
+            .collect();
+        self.watch_missing();
+    }
+
+    /// Watches the wanted directories not watched yet; retries later those that do not exist.
+    fn watch_missing(&mut self) {
+        let mut missing = false;
+        let wanted: Vec<PathBuf> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter(|d| self.dirs.contains_key(d) && !self.watched.contains(d))
             .collect();
         for dir in wanted {
             match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
@@ -141,6 +152,7 @@ impl WatchState {
                 Err(e) => {
                     missing = true;
                     tracing::debug!(dir = %dir.display(), "cannot watch yet: {e}");
+                    self.pending.push(dir);
                 }
             }
         }
@@ -181,6 +193,9 @@ impl WatchState {
                 reloaded.dedup();
                 for i in reloaded {
                     self.refresh(i);
+                }
+                if !self.pending.is_empty() {
+                    self.watch_missing();
                 }
             }
             if self.tracked.iter().all(|t| t.target.strong_count() == 0) {

@@ -14,4 +14,4 @@ pub use config::{
 };
 pub use server::IdentityResolver;
 pub use sni::SniResolver;
-pub(crate) use sni::{IndexEntry, SniIndex};
+pub(crate) use sni::{MemberSnapshots, Names, SniIndex};

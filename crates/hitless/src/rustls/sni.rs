@@ -22,103 +22,121 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use arc_swap::ArcSwapOption;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::SignatureScheme;
 
 use crate::credential::ServerIdentities;
 use crate::identity::Identity;
+use crate::snapshot::Snapshot;
 
-/// One identity as a selection candidate.
-#[derive(Debug, Clone)]
-pub(crate) struct Candidate {
-    key: Arc<CertifiedKey>,
-    schemes: Vec<SignatureScheme>,
-    not_before: SystemTime,
-    not_after: SystemTime,
+/// The names an identity is served for: what the index is built from. While a member's
+/// rotation keeps these, the index stays as it is and the resolver reads the member's new
+/// snapshot directly; only a change of names rebuilds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Names {
+    exact: Vec<String>,
+    wildcard: Vec<String>,
+    ips: Vec<IpAddr>,
 }
 
-impl Candidate {
-    fn new(identity: &Identity) -> Candidate {
-        Candidate {
-            key: identity.certified_key().clone(),
-            schemes: identity.signature_schemes().to_vec(),
-            not_before: identity.leaf().not_before,
-            not_after: identity.leaf().not_after,
+impl Names {
+    /// The names of `identity`, or `overrides` for its DNS names.
+    pub(crate) fn of(identity: Option<&Identity>, overrides: Option<&[String]>) -> Names {
+        let mut names = Names::default();
+        let dns: Vec<String> = match (overrides, identity) {
+            (Some(n), _) => n.to_vec(),
+            (None, Some(id)) => id.leaf().dns_names.clone(),
+            (None, None) => Vec::new(),
+        };
+        for name in dns {
+            let name = name.to_ascii_lowercase();
+            let name = name.trim_end_matches('.');
+            if let Some(suffix) = name.strip_prefix("*.") {
+                names.wildcard.push(suffix.to_string());
+            } else if !name.contains('*') {
+                names.exact.push(name.to_string());
+            }
         }
-    }
-
-    fn usable_by(&self, offered: &[SignatureScheme]) -> bool {
-        offered.iter().any(|s| self.schemes.contains(s))
+        if let Some(id) = identity {
+            names.ips = id.leaf().ip_addresses.clone();
+        }
+        names
     }
 }
 
-/// The precomputed name → identities index.
+/// The members' current snapshots, by index (a slice of the set's members, without copying).
+pub(crate) type Members<'a> = &'a dyn MemberSnapshots;
+
+/// Access to the members' current snapshots by index.
+pub(crate) trait MemberSnapshots {
+    fn len(&self) -> usize;
+    fn get(&self, i: usize) -> Option<&ArcSwapOption<Snapshot<Identity>>>;
+}
+
+/// The precomputed name → member-index index.
 #[derive(Debug, Default)]
 pub(crate) struct SniIndex {
-    exact: HashMap<String, Vec<Candidate>>,
-    wildcard: HashMap<String, Vec<Candidate>>,
-    ips: HashMap<IpAddr, Vec<Candidate>>,
-    default: Vec<Candidate>,
-}
-
-/// What the index is built from: each loaded identity, in order, with its options.
-pub(crate) struct IndexEntry<'a> {
-    pub(crate) identity: &'a Identity,
-    pub(crate) names: Option<&'a [String]>,
-    pub(crate) is_default: bool,
+    exact: HashMap<String, Vec<usize>>,
+    wildcard: HashMap<String, Vec<usize>>,
+    ips: HashMap<IpAddr, Vec<usize>>,
+    default: Vec<usize>,
+    /// The names each member was indexed under.
+    pub(crate) names: Vec<Names>,
 }
 
 impl SniIndex {
-    pub(crate) fn build(entries: &[IndexEntry<'_>]) -> SniIndex {
+    /// Builds the index from each member's names and default flag, in selection order.
+    pub(crate) fn build(members: Vec<(Names, bool)>) -> SniIndex {
         let mut index = SniIndex::default();
-        for entry in entries {
-            let candidate = Candidate::new(entry.identity);
-            let names: Vec<String> = match entry.names {
-                Some(n) => n.to_vec(),
-                None => entry.identity.leaf().dns_names.clone(),
-            };
-            for name in names {
-                let name = name.to_ascii_lowercase();
-                let name = name.trim_end_matches('.');
-                if let Some(suffix) = name.strip_prefix("*.") {
-                    push(&mut index.wildcard, suffix.to_string(), &candidate);
-                } else if !name.contains('*') {
-                    push(&mut index.exact, name.to_string(), &candidate);
+        for (i, (names, is_default)) in members.iter().enumerate() {
+            for n in &names.exact {
+                push(&mut index.exact, n.clone(), i);
+            }
+            for n in &names.wildcard {
+                push(&mut index.wildcard, n.clone(), i);
+            }
+            for ip in &names.ips {
+                let list = index.ips.entry(*ip).or_default();
+                if !list.contains(&i) {
+                    list.push(i);
                 }
             }
-            for ip in &entry.identity.leaf().ip_addresses {
-                index.ips.entry(*ip).or_default().push(candidate.clone());
-            }
-            if entry.is_default && index.default.is_empty() {
-                index.default.push(candidate.clone());
+            if *is_default && index.default.is_empty() {
+                index.default.push(i);
             }
         }
-        if index.default.is_empty() {
-            if let Some(first) = entries.first() {
-                index.default.push(Candidate::new(first.identity));
-            }
-        }
+        index.names = members.into_iter().map(|(n, _)| n).collect();
         index
     }
 
-    /// Chooses for `server_name` (SNI) or, without it, `local_ip`.
+    /// Chooses for `server_name` (SNI) or, without it, `local_ip`, among `members`' current
+    /// snapshots.
     pub(crate) fn choose(
         &self,
+        members: Members<'_>,
         server_name: Option<&str>,
         local_ip: Option<IpAddr>,
         offered: &[SignatureScheme],
-    ) -> Option<&Arc<CertifiedKey>> {
+    ) -> Option<Arc<CertifiedKey>> {
         let list = match server_name {
             Some(name) => self.by_name(name),
             None => local_ip.and_then(|ip| self.ips.get(&ip)),
         }
         .filter(|l| !l.is_empty())
-        .unwrap_or(&self.default);
-        pick(list, offered)
+        .map(Vec::as_slice);
+        match list {
+            Some(list) => pick(members, list, offered),
+            // The default: the marked one, else the first member that has loaded.
+            None if !self.default.is_empty() => {
+                pick(members, &self.default, offered).or_else(|| first_loaded(members))
+            }
+            None => first_loaded(members),
+        }
     }
 
-    fn by_name(&self, name: &str) -> Option<&Vec<Candidate>> {
+    fn by_name(&self, name: &str) -> Option<&Vec<usize>> {
         // Lower-case into a stack buffer: DNS names are at most 253 bytes.
         let mut buf = [0u8; 256];
         let bytes = name.trim_end_matches('.').as_bytes();
@@ -134,20 +152,58 @@ impl SniIndex {
     }
 }
 
-fn push(map: &mut HashMap<String, Vec<Candidate>>, name: String, c: &Candidate) {
+fn push(map: &mut HashMap<String, Vec<usize>>, name: String, i: usize) {
     let list = map.entry(name).or_default();
-    if !list.iter().any(|x| Arc::ptr_eq(&x.key, &c.key)) {
-        list.push(c.clone());
+    if !list.contains(&i) {
+        list.push(i);
     }
 }
 
-fn pick<'a>(list: &'a [Candidate], offered: &[SignatureScheme]) -> Option<&'a Arc<CertifiedKey>> {
+fn first_loaded(members: Members<'_>) -> Option<Arc<CertifiedKey>> {
+    (0..members.len()).find_map(|i| {
+        members
+            .get(i)?
+            .load()
+            .as_ref()
+            .map(|s| s.value.certified_key().clone())
+    })
+}
+
+/// The first candidate whose key the client can use and whose validity covers now; else the
+/// first the client can use; else the first loaded. One atomic load per candidate looked at.
+fn pick(
+    members: Members<'_>,
+    list: &[usize],
+    offered: &[SignatureScheme],
+) -> Option<Arc<CertifiedKey>> {
     let now = SystemTime::now();
-    list.iter()
-        .find(|c| c.usable_by(offered) && c.not_before <= now && now <= c.not_after)
-        .or_else(|| list.iter().find(|c| c.usable_by(offered)))
-        .or_else(|| list.first())
-        .map(|c| &c.key)
+    let mut best: Option<(u8, usize)> = None;
+    for &i in list {
+        let Some(member) = members.get(i) else {
+            continue;
+        };
+        let guard = member.load();
+        let Some(snapshot) = guard.as_ref() else {
+            continue;
+        };
+        let id = &snapshot.value;
+        let usable = offered.iter().any(|s| id.signature_schemes().contains(s));
+        let valid = id.leaf().not_before <= now && now <= id.leaf().not_after;
+        let rank = match (usable, valid) {
+            (true, true) => return Some(id.certified_key().clone()),
+            (true, false) => 1,
+            _ => 2,
+        };
+        if best.is_none_or(|(r, _)| rank < r) {
+            best = Some((rank, i));
+        }
+    }
+    let (_, i) = best?;
+    members
+        .get(i)?
+        .load()
+        .as_ref()
+        .map(|s| s.value.certified_key().clone())
 }
 
 /// Serves one of several [`ServerIdentities`] per handshake, by SNI (see the module rules).
@@ -171,13 +227,10 @@ impl ResolvesServerCert for SniResolver {
         if let Some(check) = &self.identities.inner.on_handshake {
             check.maybe_check();
         }
-        let index = self.identities.inner.index.load();
-        index
-            .choose(
-                hello.server_name(),
-                self.local_ip,
-                hello.signature_schemes(),
-            )
-            .cloned()
+        self.identities.choose(
+            hello.server_name(),
+            self.local_ip,
+            hello.signature_schemes(),
+        )
     }
 }
