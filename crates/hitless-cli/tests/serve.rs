@@ -396,10 +396,9 @@ struct TraceLine<'a> {
 }
 
 fn parse_trace_line(line: &str) -> Option<TraceLine<'_>> {
-    let mut parts = line.splitn(3, ' ');
-    let _pid = parts.next()?;
-    let stamp = parts.next()?;
-    let rest = parts.next()?;
+    // "PID  SECS.MICROS syscall(...)": strace pads the PID column, so split on runs of spaces.
+    let (_pid, after) = line.trim_start().split_once(' ')?;
+    let (stamp, rest) = after.trim_start().split_once(' ')?;
     let (secs, frac) = stamp.split_once('.')?;
     let secs: u128 = secs.parse().ok()?;
     let frac: u128 = frac.parse().ok()?;
