@@ -93,7 +93,9 @@
 //!   Identical content is never swapped in again (a content hash decides).
 //! - **Trust means what it says**: with [`ReloadingServerConfig`] and
 //!   [`ReloadingClientConfig`], after a CA bundle or CRL change no new handshake and no resumed
-//!   session gets in under the old verdict (see the cost below).
+//!   session gets in under the old verdict: the peer's certificate is verified against the
+//!   trust current *when it is verified*, whatever configuration the connection was accepted
+//!   with, and sessions made before the change no longer resume (see the cost below).
 //! - **Cheap**: the handshake path does no file-system call, takes no lock and does not
 //!   allocate beyond an `Arc` clone. Reading, parsing and validating happen on the detector
 //!   thread.
@@ -125,12 +127,13 @@
 //! | [`OnHandshake`](Detection::OnHandshake) | none | a clock read per handshake; once per TTL, one handshake `stat`s the files, and on a change reads and validates them inline | up to the TTL, and only when handshakes happen |
 //! | [`Manual`](Detection::Manual) | none | none | when you call `reload()` |
 //!
-//! **Per trust change**: new verifiers are built, then a new `ServerConfig`/`ClientConfig`
-//! with a new, empty session cache is swapped in (rustls does not verify certificates on a
-//! resumed session, so sessions made under the old trust must not resume). Every peer pays one
-//! full handshake after a trust change. Identity rotations rebuild nothing, so resumption keeps
-//! working across them; the flip side is that a *resumed* session carries the certificates of
-//! the session it resumes, so a peer sees a rotated certificate at its next full handshake.
+//! **Per trust change and per rotation**: a new `ServerConfig`/`ClientConfig` is built (new
+//! verifier CA names, sessions bound to the new trust generation and rotation epoch) and
+//! swapped in. rustls does not verify certificates on a resumed session, so sessions made
+//! before the change are neither handed out nor decrypted by any configuration: every peer
+//! pays one full handshake after a trust change or a rotation of a server identity followed
+//! with `new_sessions_on_rotation`, or of a client identity of a [`ReloadingClientConfig`].
+//! Resumption between changes works as usual.
 //!
 //! ## Choosing a detection mode
 //!

@@ -1,54 +1,119 @@
-//! Whole rustls configurations that follow a reloading trust bundle.
+//! Whole rustls configurations that follow a reloading trust bundle and reloading identities.
 //!
-//! Why swap whole configurations rather than only a verifier: a server's CertificateRequest
-//! names the CAs it trusts through `ClientCertVerifier::root_hint_subjects`, which returns a
-//! borrowed slice, so a verifier that swaps its inner verifier cannot hand out the new names.
-//! And resumption (TLS 1.2 session ids, TLS 1.3 PSK) skips certificate verification entirely,
-//! so sessions made under the old trust must not be resumable under the new one.
+//! Three rules make a trust change mean what it says, whatever configuration a connection
+//! started with (a connection accepted just before a change holds the previous one):
 //!
-//! So when the trust changes, a new `ServerConfig`/`ClientConfig` is built with a verifier for
-//! the new trust *and a new, empty session cache* (rustls gives each built config its own), and
-//! swapped in. Each new connection takes the configuration current at that moment: one atomic
-//! load. Identity rotations do not rebuild anything (the certificate resolver follows the
-//! identity by itself), so resumption keeps working across them. If `configure` installs a
-//! ticketer, build it inside the closure so each trust generation gets fresh ticket keys.
+//! 1. **The verdict is taken at verification.** The client-certificate verifier of every
+//!    configuration (and the server-certificate verifier of every client configuration) loads
+//!    the trust snapshot current when the peer's certificate is verified (`verify.rs`).
+//! 2. **Sessions are bound** to the trust generation and identity epoch of the configuration
+//!    that made them (`sessions.rs`): rustls skips verification on resumption (TLS 1.2 session
+//!    ids and tickets, TLS 1.3 PSK), so after a trust change or a rotation no earlier session is
+//!    stored, handed out or decrypted, by any configuration; the peer falls back to a full
+//!    handshake, verified under rule 1.
+//! 3. **A new configuration per change.** A server's CertificateRequest names its CAs through
+//!    `ClientCertVerifier::root_hint_subjects`, a slice borrowed from the verifier, so the names
+//!    cannot follow the trust inside one verifier: every trust change (and every rotation, for
+//!    rule 2) builds a new configuration, swapped in with one atomic store; each new connection
+//!    takes the configuration current at that moment with one atomic load.
+//!
+//! The configuration follows the trust from the moment it is built: it subscribes to trust
+//! events and then checks once more for a reload that landed in between.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
+use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::ResolvesServerCert;
 use rustls::{ClientConfig, ServerConfig};
 
 use crate::credential::{ReloadingIdentity, ReloadingTrust};
-use crate::rustls::client::ClientIdentityResolver;
-use crate::snapshot::{lock, Event};
+use crate::rustls::client::{ClientIdentityResolver, ReloadingServerVerifier};
+use crate::rustls::sessions::{Binding, BoundClientSessions, BoundServerSessions, BoundTickets};
+use crate::rustls::verify::ClientVerifierAtHandshake;
+use crate::snapshot::{lock, Event, Snapshot};
+use crate::trust::Trust;
 use crate::Error;
 
 type Configure<C> = Arc<dyn Fn(&mut C) + Send + Sync>;
 type TrustCallback = Arc<dyn Fn(u64) + Send + Sync>;
 /// Builds a configuration for the current trust.
-type Build<C> = Box<dyn Fn(Option<&ReloadingTrust>) -> Result<C, Error> + Send + Sync>;
+type Build<C> = Box<dyn Fn(&BuildContext<'_>) -> Result<C, Error> + Send + Sync>;
+
+/// What one configuration is built from.
+struct BuildContext<'a> {
+    /// The trust handle and the snapshot of it current when building.
+    trust: Option<(&'a ReloadingTrust, &'a Snapshot<Trust>)>,
+    /// What its sessions are bound to.
+    binding: Binding,
+}
+
+impl BuildContext<'_> {
+    /// Binds the server's session cache and ticketer (as `configure` left them) to this
+    /// configuration's trust generation and identity epoch.
+    fn bind_server_sessions(&self, config: &mut ServerConfig) {
+        config.session_storage = Arc::new(BoundServerSessions {
+            inner: config.session_storage.clone(),
+            binding: self.binding.clone(),
+        });
+        config.ticketer = Arc::new(BoundTickets {
+            inner: config.ticketer.clone(),
+            binding: self.binding.clone(),
+        });
+    }
+}
 
 struct Inner<C> {
     current: ArcSwap<C>,
     trust: Option<ReloadingTrust>,
+    /// The trust generation `current` was built from.
     trust_generation: AtomicU64,
+    /// Bumped by every rotation of an identity whose sessions must not resume.
+    epoch: Arc<AtomicU64>,
     build: Build<C>,
     on_trust_change: std::sync::Mutex<Vec<TrustCallback>>,
     /// Serialises rebuilds (trust and identity detectors run on different threads).
     rebuild_lock: std::sync::Mutex<()>,
 }
 
+/// Builds one configuration from the trust current now; returns it with that trust's
+/// generation (0 without trust).
+fn make<C>(
+    trust: Option<&ReloadingTrust>,
+    epoch: &Arc<AtomicU64>,
+    build: &Build<C>,
+) -> Result<(C, u64), Error> {
+    let snapshot = match trust {
+        None => None,
+        Some(t) => Some(t.current().ok_or_else(|| Error::NotLoaded {
+            name: t.status().name,
+        })?),
+    };
+    let generation = snapshot.as_ref().map_or(0, |s| s.generation);
+    let binding = Binding::new(
+        trust.cloned(),
+        generation,
+        epoch.clone(),
+        epoch.load(Ordering::SeqCst),
+    );
+    let context = BuildContext {
+        trust: trust.zip(snapshot.as_deref()),
+        binding,
+    };
+    Ok((build(&context)?, generation))
+}
+
 impl<C: Send + Sync + 'static> Inner<C> {
     fn start(trust: Option<ReloadingTrust>, build: Build<C>) -> Result<Arc<Self>, Error> {
-        let first = build(trust.as_ref())?;
-        let generation = trust.as_ref().map_or(0, |t| t.status().generation);
+        let epoch = Arc::new(AtomicU64::new(0));
+        let (first, generation) = make(trust.as_ref(), &epoch, &build)?;
         let inner = Arc::new(Inner {
             current: ArcSwap::from_pointee(first),
             trust: trust.clone(),
             trust_generation: AtomicU64::new(generation),
+            epoch,
             build,
             on_trust_change: std::sync::Mutex::default(),
             rebuild_lock: std::sync::Mutex::default(),
@@ -56,70 +121,70 @@ impl<C: Send + Sync + 'static> Inner<C> {
         if let Some(trust) = trust {
             let weak: Weak<Inner<C>> = Arc::downgrade(&inner);
             trust.subscribe(move |event| {
-                if let Event::Reloaded { generation, .. } = event {
+                if let Event::Reloaded { .. } = event {
                     if let Some(inner) = weak.upgrade() {
-                        inner.rebuild(*generation);
+                        inner.follow_trust();
                     }
                 }
             });
+            // A reload between the first build and the subscription announced itself to
+            // nobody: look once more now that every later one will be heard.
+            inner.follow_trust();
         }
         Ok(inner)
     }
 
-    /// Subscribes `subscribe` (an identity's event source): every rotation starts a new
-    /// session cache, so that no peer resumes into a session made with the old certificate.
+    /// Subscribes `subscribe` (an identity's event source): every rotation moves the epoch,
+    /// so that no peer resumes into a session made with the old certificate, and builds a
+    /// configuration whose sessions belong to the new epoch.
     fn renew_sessions_on(self: &Arc<Self>, subscribe: impl FnOnce(crate::EventCallback)) {
         let weak: Weak<Inner<C>> = Arc::downgrade(self);
         subscribe(Arc::new(move |event| {
             if let Event::Reloaded { generation, .. } = event {
                 if *generation > 1 {
                     if let Some(inner) = weak.upgrade() {
-                        inner.renew_sessions();
+                        inner.epoch.fetch_add(1, Ordering::SeqCst);
+                        inner.rebuild();
+                        tracing::debug!("identity rotated: earlier sessions no longer resume");
                     }
                 }
             }
         }));
     }
 
-    fn renew_sessions(&self) {
-        let _serialise = lock(&self.rebuild_lock);
-        match (self.build)(self.trust.as_ref()) {
-            Ok(config) => {
-                self.current.store(Arc::new(config));
-                tracing::debug!("identity rotated: new session cache in use");
-            }
-            Err(e) => tracing::error!("cannot rebuild the TLS configuration: {e}"),
+    /// Rebuilds if the trust has moved past the generation the current configuration was
+    /// built from.
+    fn follow_trust(&self) {
+        let Some(trust) = &self.trust else { return };
+        let now = trust.current().map_or(0, |t| t.generation);
+        if now != self.trust_generation.load(Ordering::SeqCst) {
+            self.rebuild();
         }
     }
 
-    fn rebuild(&self, generation: u64) {
+    /// Builds a configuration from the trust and epoch current now and swaps it in.
+    fn rebuild(&self) {
         let _serialise = lock(&self.rebuild_lock);
-        match (self.build)(self.trust.as_ref()) {
-            Ok(config) => {
+        match make(self.trust.as_ref(), &self.epoch, &self.build) {
+            Ok((config, generation)) => {
                 self.current.store(Arc::new(config));
-                self.trust_generation.store(generation, Ordering::SeqCst);
-                tracing::info!(
-                    trust_generation = generation,
-                    "trust changed: new TLS configuration and session cache in use"
-                );
-                let callbacks = lock(&self.on_trust_change).clone();
-                for c in callbacks {
-                    c(generation);
+                let previous = self.trust_generation.swap(generation, Ordering::SeqCst);
+                if previous != generation {
+                    tracing::info!(
+                        trust_generation = generation,
+                        "trust changed: new TLS configuration in use; earlier sessions no \
+                         longer resume"
+                    );
+                    let callbacks = lock(&self.on_trust_change).clone();
+                    for c in callbacks {
+                        c(generation);
+                    }
                 }
             }
-            Err(e) => tracing::error!("cannot rebuild the TLS configuration for new trust: {e}"),
+            // The configuration in use stays; its verifier already takes the verdict from the
+            // current trust, and its sessions no longer resume (their binding is stale).
+            Err(e) => tracing::error!("cannot rebuild the TLS configuration: {e}"),
         }
-    }
-}
-
-fn current_trust(
-    trust: Option<&ReloadingTrust>,
-) -> Result<Option<Arc<crate::Snapshot<crate::Trust>>>, Error> {
-    match trust {
-        None => Ok(None),
-        Some(t) => t.current().map(Some).ok_or_else(|| Error::NotLoaded {
-            name: t.status().name,
-        }),
     }
 }
 
@@ -201,11 +266,16 @@ impl ServerConfigBuilder {
         let renew_on = self.renew_on;
         let resolver = self.resolver;
         let configure = self.configure;
-        let build = Box::new(move |trust: Option<&ReloadingTrust>| {
+        let build: Build<ServerConfig> = Box::new(move |context: &BuildContext<'_>| {
             let builder = ServerConfig::builder();
-            let mut config = match current_trust(trust)? {
-                Some(t) => builder
-                    .with_client_cert_verifier(t.value.client_verifier().clone())
+            let mut config = match context.trust {
+                // The verdict is taken from the trust current when the certificate is
+                // verified, not from `snapshot` (see `verify.rs`).
+                Some((handle, snapshot)) => builder
+                    .with_client_cert_verifier(Arc::new(ClientVerifierAtHandshake::new(
+                        handle.clone(),
+                        snapshot,
+                    )))
                     .with_cert_resolver(resolver.clone()),
                 None => builder
                     .with_no_client_auth()
@@ -214,6 +284,7 @@ impl ServerConfigBuilder {
             if let Some(f) = &configure {
                 f(&mut config);
             }
+            context.bind_server_sessions(&mut config);
             Ok(config)
         });
         let inner = Inner::start(self.trust, build)?;
@@ -330,18 +401,29 @@ impl ClientConfigBuilder {
         let resolver = (!self.identities.is_empty())
             .then(|| Arc::new(ClientIdentityResolver::new(self.identities)));
         let configure = self.configure;
-        let build = Box::new(move |trust: Option<&ReloadingTrust>| {
-            let Some(t) = current_trust(trust)? else {
+        let build: Build<ClientConfig> = Box::new(move |context: &BuildContext<'_>| {
+            let Some((handle, _)) = context.trust else {
                 return Err(Error::NotLoaded {
                     name: "trust".into(),
                 });
             };
-            let builder =
-                ClientConfig::builder().with_webpki_verifier(t.value.server_verifier().clone());
+            // The verdict on the server's certificate is taken from the trust current when it
+            // is verified.
+            let builder = ClientConfig::builder()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ReloadingServerVerifier::new(
+                    handle.clone(),
+                )));
             let mut config = match &resolver {
                 Some(r) => builder.with_client_cert_resolver(r.clone()),
                 None => builder.with_no_client_auth(),
             };
+            // Sessions bound to this trust generation and identity epoch; a store installed by
+            // `configure` replaces it (and is then the caller's to invalidate).
+            config.resumption = Resumption::store(Arc::new(BoundClientSessions {
+                inner: Arc::new(ClientSessionMemoryCache::new(256)),
+                binding: context.binding.clone(),
+            }));
             if let Some(f) = &configure {
                 f(&mut config);
             }

@@ -6,7 +6,9 @@
 mod client;
 mod config;
 mod server;
+mod sessions;
 mod sni;
+mod verify;
 
 pub use client::{ClientIdentityResolver, ReloadingServerVerifier};
 pub use config::{
