@@ -186,6 +186,8 @@ mod snapshot;
 mod source;
 mod trust;
 
+#[cfg(feature = "tokio")]
+pub use crate::rustls::TlsAcceptor;
 pub use crate::rustls::{
     ClientConfigBuilder, ClientIdentityResolver, IdentityResolver, ReloadingClientConfig,
     ReloadingServerConfig, ReloadingServerVerifier, ServerConfigBuilder, SniResolver,
