@@ -174,6 +174,7 @@
 #![deny(missing_docs)]
 
 mod credential;
+mod crl;
 pub mod detect;
 mod error;
 mod identity;
