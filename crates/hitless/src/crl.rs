@@ -113,8 +113,8 @@ impl Crl {
             path: path.to_owned(),
             reason,
         };
-        let (_, crl) = CertificateRevocationList::from_der(der.as_ref())
-            .map_err(|e| fail(e.to_string()))?;
+        let (_, crl) =
+            CertificateRevocationList::from_der(der.as_ref()).map_err(|e| fail(e.to_string()))?;
         let issuer_text = crl.issuer().to_string();
         let issuer = crl.issuer().as_raw().to_vec();
         let signer = check_signature(der.as_ref(), &issuer, &issuer_text, anchors, provider)
@@ -254,12 +254,19 @@ pub(crate) fn check_successors(
                     None => true,
                 };
                 if ca_still_trusted {
+                    let retire = if old.signer.is_some() {
+                        "to retire it, remove its CA from the trust bundle in the same change, \
+                         or restart"
+                    } else {
+                        "its issuer is not in the trust bundle (an intermediate?), so to retire \
+                         it, restart"
+                    };
                     return Err(Error::Crl {
                         path: old.info.path.clone(),
                         reason: format!(
                             "no CRL of {} any more (the one in force has {}), while its CA is \
                              still trusted: refusing to drop its revocations; the CRL in force \
-                             stays (remove the CA from the trust bundle first, or restart)",
+                             stays ({retire})",
                             old.info.issuer,
                             old.version()
                         ),
