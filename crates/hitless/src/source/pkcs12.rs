@@ -10,10 +10,11 @@
 //! As a **trust store**, a PKCS#12 file contributes its trusted-certificate entries (Java's
 //! `trustedCertEntry`, marked with Oracle's trusted-key-usage attribute) and its certificate bags
 //! that belong to no private key, such as what `openssl pkcs12 -export -nokeys` writes. The
-//! certificates of a private-key entry are never trust anchors: its leaf (the bag whose
-//! localKeyId names a key of the file, or whose public key is a key of the file) and the chain
-//! under that leaf (the issuers found by name among the untrusted bags). Trusting a client's
-//! own `.p12` would otherwise let whoever holds that client's key mint accepted certificates.
+//! certificates of a private-key entry are never trust anchors: its leaf (a bag with a
+//! localKeyId, or whose public key is that of a private key in the file) and the chain from that
+//! leaf up to its root (its issuers, found by name among the bags not marked trusted, as
+//! `p12-keystore` links a private-key entry). Trusting a client's own `.p12` would otherwise let
+//! whoever holds that client's key mint accepted certificates; to trust a CA, export it alone.
 //!
 //! JKS (Java's old proprietary format) is not read: no well-kept Rust crate reads it. Convert it
 //! once with `keytool -importkeystore -srckeystore app.jks -srcstoretype JKS -destkeystore
