@@ -177,6 +177,7 @@
 #![deny(missing_docs)]
 
 mod credential;
+mod crl;
 pub mod detect;
 mod error;
 mod identity;
