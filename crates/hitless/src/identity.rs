@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::SignatureVerificationAlgorithm;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use rustls::{SignatureAlgorithm, SignatureScheme};
 use sha2::{Digest, Sha256};
-use rustls::pki_types::SignatureVerificationAlgorithm;
 use x509_parser::asn1_rs::Any;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use x509_parser::public_key::PublicKey;
@@ -407,6 +407,23 @@ impl Identity {
     /// The private key's algorithm.
     pub fn algorithm(&self) -> SignatureAlgorithm {
         self.algorithm
+    }
+
+    /// Whether the extendedKeyUsage of every certificate sent allows `role` (an identity loaded
+    /// for [`Role::Any`] may be usable as a server identity, a client identity, or both).
+    pub fn allows(&self, role: Role) -> bool {
+        let allows = |purpose: &str| {
+            self.chain.iter().all(|c| {
+                c.extended_key_usage
+                    .as_ref()
+                    .is_none_or(|usage| usage.iter().any(|u| u == purpose))
+            })
+        };
+        match role {
+            Role::Server => allows("serverAuth"),
+            Role::Client => allows("clientAuth"),
+            Role::Any => allows("serverAuth") || allows("clientAuth"),
+        }
     }
 }
 

@@ -58,7 +58,9 @@ fn served_fingerprint(server: &Server, root: &Ca) -> String {
 /// What a rustls client trusting `root` says of a server sending `leaf` with `intermediates`
 /// (no hitless involved): the peers' own verdict on the chain.
 fn rustls_client_verdict(root: &Ca, leaf: &Leaf, intermediates: &[&Ca]) -> Result<(), String> {
-    let mut chain = vec![rustls::pki_types::CertificateDer::from(leaf.cert_der.clone())];
+    let mut chain = vec![rustls::pki_types::CertificateDer::from(
+        leaf.cert_der.clone(),
+    )];
     chain.extend(intermediates.iter().map(|ca| ca.rustls_cert()));
     let config = ServerConfig::builder()
         .with_no_client_auth()
@@ -177,7 +179,9 @@ fn rotation_to_a_wrong_intermediate_keeps_the_last_good_identity() {
         &second,
     );
     assert_eq!(written, path);
-    let err = identity.reload().expect_err("the broken chain must be refused");
+    let err = identity
+        .reload()
+        .expect_err("the broken chain must be refused");
     let reason = chain_reason(&err, &path);
     assert!(reason.contains("does not sign certificate 1"), "{reason}");
     let status = identity.status();
@@ -375,7 +379,12 @@ fn client_only_leaf_is_refused_as_a_server_and_accepted_as_a_client() {
     build(&path, Role::Any).unwrap();
     let client_identity = build(&path, Role::Client).unwrap();
     let server_leaf = root.issue(&LeafSpec::server("localhost"));
-    let server_path = bundle(dir.path(), "server.pem", &[&server_leaf.cert_pem], &server_leaf);
+    let server_path = bundle(
+        dir.path(),
+        "server.pem",
+        &[&server_leaf.cert_pem],
+        &server_leaf,
+    );
     let server_identity = build(&server_path, Role::Server).unwrap();
     let ca = dir.path().join("ca.pem");
     fs::write(&ca, root.cert_pem()).unwrap();
@@ -465,9 +474,8 @@ fn the_newest_leaf_for_the_key_is_served() {
     drop(server);
 
     // The older one expired: still the newer one, not a refusal.
-    let expired = inter.issue(
-        &LeafSpec::server("localhost").valid(now - hours(48), now - hours(24)),
-    );
+    let expired =
+        inter.issue(&LeafSpec::server("localhost").valid(now - hours(48), now - hours(24)));
     let renewed = inter.issue_for_key_of(&LeafSpec::server("localhost"), &expired);
     let path = bundle(
         dir.path(),
