@@ -216,8 +216,8 @@ impl Identity {
     ///
     /// Rules, in order: exactly one private key; the leaf is the certificate whose public key
     /// matches it, wherever it is in the file (several such certificates, as when a renewal is
-    /// appended to the old one: the newest whose chain passes); the leaf must be valid now
-    /// unless `accept_expired`; the chain sent is the leaf followed by its issuers, found by
+    /// appended to the old one: the newest whose chain passes); the leaf must be valid now;
+    /// the chain sent is the leaf followed by its issuers, found by
     /// name and checked by signature, in order; self-signed roots are not sent (a peer must
     /// already trust its root, and sending it only costs bytes), but a root in the file must
     /// have signed the last certificate sent; every intermediate must be a CA (basicConstraints

@@ -627,8 +627,13 @@ fn analyse(file: &Path, contents: Contents, args: &Args, now: SystemTime, report
     // The library's own verdict on an identity: what `serve` (or `call`, for --role client)
     // would do with these files, read again the way it reads them.
     let verdict = if report.errors.is_empty() {
-        identity_source(file, &contents, args, report.kind)
-            .map(|source| Identity::load(&source, args.role.into()))
+        // Quietly: what the library would log while loading (a loose key mode, PEM blocks run
+        // together) is in this report already.
+        identity_source(file, &contents, args, report.kind).map(|source| {
+            tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+                Identity::load(&source, args.role.into())
+            })
+        })
     } else {
         None
     };
