@@ -515,3 +515,47 @@ fn the_newest_leaf_for_the_key_is_served() {
         older.fingerprint_sha256_hex()
     );
 }
+
+#[test]
+fn signatures_of_every_key_type_are_checked() {
+    for key_type in [
+        KeyType::EcP256,
+        KeyType::EcP384,
+        KeyType::Ed25519,
+        KeyType::Rsa2048,
+        KeyType::Rsa4096,
+    ] {
+        let root = Ca::new_root("Chain Root", key_type);
+        let signer = root.new_intermediate(INTERMEDIATE, key_type);
+        let leaf = signer.issue(&LeafSpec::server("localhost").key_type(key_type));
+        let dir = tempfile::tempdir().unwrap();
+        // Leaf, intermediate and root: both signatures are checked with the provider.
+        let path = bundle(
+            dir.path(),
+            "good.pem",
+            &[&leaf.cert_pem, &signer.cert_pem(), &root.cert_pem()],
+            &leaf,
+        );
+        let identity = build(&path, Role::Server).unwrap_or_else(|e| panic!("{key_type:?}: {e}"));
+        let server = server_for(&identity);
+        assert_eq!(
+            served_fingerprint(&server, &root),
+            leaf.fingerprint_sha256_hex(),
+            "{key_type:?}"
+        );
+        // The same names with another key: the signature is checked, not only the names.
+        let impostor = root.new_intermediate(INTERMEDIATE, key_type);
+        let path = bundle(
+            dir.path(),
+            "wrong.pem",
+            &[&leaf.cert_pem, &impostor.cert_pem()],
+            &leaf,
+        );
+        let err = build(&path, Role::Server).expect_err("a wrong intermediate");
+        let reason = chain_reason(&err, &path);
+        assert!(
+            reason.contains("does not sign certificate 1 (CN=localhost)"),
+            "{key_type:?}: {reason}"
+        );
+    }
+}
