@@ -609,8 +609,7 @@ impl SetInner {
 /// One broken identity never affects the others: each keeps its own last known good value.
 /// Every identity is validated for [`Role::Server`](crate::Role::Server): a chain whose
 /// extendedKeyUsage does not allow `serverAuth` is refused. All identities share one detector
-/// thread. See [`SniResolver`](crate::SniResolver) for the
-/// selection rules.
+/// thread. See [`SniResolver`](crate::SniResolver) for the selection rules.
 ///
 /// ```no_run
 /// use hitless::{IdentitySource, MemberOptions, ServerIdentities};
