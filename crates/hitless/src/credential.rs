@@ -14,7 +14,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 
 use crate::detect::{self, Detection, Detector, Target, DEFAULT_QUIET_PERIOD};
-use crate::identity::{default_provider, Identity, Validation};
+use crate::identity::{default_provider, Identity, Role, Validation};
 use crate::reload::{Attempt, Load, Reloading};
 use crate::snapshot::{lock, Event, EventCallback, Events, Snapshot, Status};
 use crate::source::{files, pem, IdentitySource};
@@ -32,16 +32,20 @@ pub(crate) struct IdentityLoader {
 }
 
 impl IdentityLoader {
-    fn new(source: IdentitySource, accept_expired: bool, provider: Arc<CryptoProvider>) -> Self {
+    pub(crate) fn new(source: IdentitySource, rules: Validation) -> Self {
         IdentityLoader {
             source,
-            rules: Validation {
-                accept_expired,
-                provider,
-            },
+            rules,
             warned_modes: Mutex::default(),
             warned_run_together: Mutex::default(),
         }
+    }
+
+    /// One read and validation, as a reload does it (for [`Identity::load`]).
+    pub(crate) fn load_once(&self) -> Result<Identity, Error> {
+        let paths = self.source.paths();
+        let files = files::read_stable(&paths)?;
+        self.load(&files)
     }
 
     fn note_run_together(&self, path: &std::path::Path, run_together: bool) {
@@ -340,21 +344,41 @@ pub struct IdentityBuilder {
     source: IdentitySource,
     options: Options,
     accept_expired: bool,
+    role: Role,
     provider: Option<Arc<CryptoProvider>>,
 }
 
 impl IdentityBuilder {
     common_builder_methods!();
 
-    /// Accept a leaf that is expired or not yet valid (default: refuse it, keep the last good
-    /// one). Peers will refuse such a certificate; this exists for tests and odd clocks.
+    /// Accept a leaf (and intermediates) expired or not yet valid (default: refuse them, keep
+    /// the last good identity). Peers will refuse such a certificate; this exists for tests and
+    /// odd clocks.
     pub fn accept_expired(mut self, accept: bool) -> Self {
         self.accept_expired = accept;
         self
     }
 
-    /// The rustls crypto provider used to load keys (default: the process default, else
-    /// aws-lc-rs).
+    /// What the identity is presented for, which decides the extendedKeyUsage its chain must
+    /// allow: [`Role::Server`] (`serverAuth`) for a server certificate, [`Role::Client`]
+    /// (`clientAuth`) for a client certificate in mutual TLS. Default [`Role::Any`]: either.
+    /// A file whose chain does not allow the role is refused like an expired one.
+    ///
+    /// ```no_run
+    /// use hitless::{IdentitySource, ReloadingIdentity, Role};
+    /// # fn main() -> Result<(), hitless::Error> {
+    /// let client = ReloadingIdentity::builder(IdentitySource::bundle("client.pem"))
+    ///     .role(Role::Client)
+    ///     .build()?;
+    /// # let _ = client; Ok(()) }
+    /// ```
+    pub fn role(mut self, role: Role) -> Self {
+        self.role = role;
+        self
+    }
+
+    /// The rustls crypto provider used to load keys and verify the chain's signatures
+    /// (default: the process default, else aws-lc-rs).
     pub fn crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
         self.provider = Some(provider);
         self
@@ -366,8 +390,11 @@ impl IdentityBuilder {
         let default_name = self.source.cert_path().display().to_string();
         let loader = IdentityLoader::new(
             self.source,
-            self.accept_expired,
-            self.provider.unwrap_or_else(default_provider),
+            Validation {
+                accept_expired: self.accept_expired,
+                role: self.role,
+                provider: self.provider.unwrap_or_else(default_provider),
+            },
         );
         Ok(ReloadingIdentity {
             shared: Shared::start(loader, default_name, self.options)?,
@@ -395,6 +422,7 @@ impl ReloadingIdentity {
             source,
             options: Options::default(),
             accept_expired: false,
+            role: Role::Any,
             provider: None,
         }
     }
@@ -579,8 +607,9 @@ impl SetInner {
 /// Several server identities, each reloading on its own, served by SNI.
 ///
 /// One broken identity never affects the others: each keeps its own last known good value.
-/// All identities share one detector thread. See [`SniResolver`](crate::SniResolver) for the
-/// selection rules.
+/// Every identity is validated for [`Role::Server`](crate::Role::Server): a chain whose
+/// extendedKeyUsage does not allow `serverAuth` is refused. All identities share one detector
+/// thread. See [`SniResolver`](crate::SniResolver) for the selection rules.
 ///
 /// ```no_run
 /// use hitless::{IdentitySource, MemberOptions, ServerIdentities};
@@ -625,13 +654,14 @@ impl ServerIdentitiesBuilder {
         self
     }
 
-    /// Accept leaves that are expired or not yet valid (default: refuse them).
+    /// Accept leaves (and intermediates) that are expired or not yet valid (default: refuse
+    /// them).
     pub fn accept_expired(mut self, accept: bool) -> Self {
         self.accept_expired = accept;
         self
     }
 
-    /// The rustls crypto provider used to load keys.
+    /// The rustls crypto provider used to load keys and verify the chains' signatures.
     pub fn crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
         self.provider = Some(provider);
         self
@@ -652,7 +682,15 @@ impl ServerIdentitiesBuilder {
                 .name
                 .clone()
                 .unwrap_or_else(|| source.cert_path().display().to_string());
-            let loader = IdentityLoader::new(source, self.accept_expired, provider.clone());
+            // Served by a server resolver: the chains must allow serverAuth.
+            let loader = IdentityLoader::new(
+                source,
+                Validation {
+                    accept_expired: self.accept_expired,
+                    role: Role::Server,
+                    provider: provider.clone(),
+                },
+            );
             let reloading = new_reloading(name, loader, &self.options);
             if let Attempt::Failed { error, .. } = reloading.attempt(true) {
                 if !self.options.allow_empty {

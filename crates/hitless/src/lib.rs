@@ -62,8 +62,9 @@
 //!    CRLF, blocks run together on one line as a one-line agent template renders them;
 //!    symlinks as the Kubernetes `..data` swap and certbot's `live/` use them.
 //! 2. **identity / trust** ([`Identity`], [`Trust`]): a validated value. An identity is an
-//!    ordered chain whose leaf matches the key and is within its validity period; a trust is
-//!    a set of CAs and CRLs with the rustls verifiers already built from them.
+//!    ordered chain whose leaf matches the key and that a peer accepts short of its trust
+//!    anchor (signatures, validity periods, CA flags, extendedKeyUsage for its [`Role`]); a
+//!    trust is a set of CAs and CRLs with the rustls verifiers already built from them.
 //! 3. **snapshot** ([`Snapshot`]): the last known good value with its generation, kept in an
 //!    `ArcSwap`. Only a fully read and validated value becomes a snapshot.
 //! 4. **detection** ([`Detection`]): *when* to look at the files again; it only ever says "look
@@ -88,7 +89,7 @@
 //!   yet": it is retried after the quiet period (default 200 ms) and reported only if it
 //!   persists.
 //! - **Last known good**: missing, empty, truncated, unparsable, mismatched, expired or
-//!   not-yet-valid input never replaces what is serving; it is recorded in [`Status`], logged
+//!   not-yet-valid input, or a chain that does not verify, never replaces what is serving; it is recorded in [`Status`], logged
 //!   with the file and the reason, announced as an [`Event`], and retried with backoff.
 //!   Identical content is never swapped in again (a content hash decides).
 //! - **Trust means what it says**: with [`ReloadingServerConfig`] and
@@ -199,7 +200,7 @@ pub use credential::{
 };
 pub use detect::Detection;
 pub use error::Error;
-pub use identity::{CertInfo, Identity};
+pub use identity::{CertInfo, Identity, Role};
 pub use snapshot::{Event, EventCallback, Health, LastError, Snapshot, Status};
-pub use source::{IdentitySource, Password};
+pub use source::{read_credential_file, IdentitySource, Password};
 pub use trust::{CrlInfo, Trust, TrustSource};

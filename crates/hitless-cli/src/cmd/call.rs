@@ -119,6 +119,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let identity = match args.source()? {
         Some(source) => Some(
             ReloadingIdentity::builder(source)
+                .role(hitless::Role::Client)
                 .name("client")
                 .detection(Detection::Watch)
                 .build()

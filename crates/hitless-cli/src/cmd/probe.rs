@@ -480,6 +480,7 @@ fn control_identity(args: &Args) -> anyhow::Result<Option<ReloadingIdentity>> {
         _ => bail!("give either --identity BUNDLE or --cert CERT --key KEY (or neither)"),
     };
     ReloadingIdentity::builder(source)
+        .role(hitless::Role::Client)
         .name("control")
         .detection(Detection::Manual)
         .build()

@@ -254,6 +254,7 @@ fn check(plan: &Plan) -> anyhow::Result<ExitCode> {
             .clone()
             .unwrap_or_else(|| format!("identity[{i}]"));
         let loaded = hitless::ReloadingIdentity::builder(source.clone())
+            .role(hitless::Role::Server)
             .detection(Detection::Manual)
             .accept_expired(plan.accept_expired)
             .build();
