@@ -25,7 +25,7 @@
 mod on_handshake;
 mod watch;
 
-pub(crate) use on_handshake::OnHandshake;
+pub(crate) use on_handshake::{LoadOn, OnHandshake};
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -113,6 +113,10 @@ pub(crate) trait Target: Send + Sync {
     /// Announces expiry events when due; when the next one is due.
     fn check_expiry(&self) -> Option<std::time::SystemTime>;
     fn attempt(&self, report: bool) -> Attempt;
+    /// An attempt unless another one is running (then `None`, without waiting).
+    fn try_attempt(&self, report: bool) -> Option<Attempt>;
+    /// The credential's name, for thread names and logs.
+    fn name(&self) -> String;
     fn is_failing(&self) -> bool;
 }
 
@@ -122,6 +126,12 @@ impl<L: Load> Target for Reloading<L> {
     }
     fn attempt(&self, report: bool) -> Attempt {
         Reloading::attempt(self, report)
+    }
+    fn try_attempt(&self, report: bool) -> Option<Attempt> {
+        Reloading::try_attempt(self, report)
+    }
+    fn name(&self) -> String {
+        self.name.clone()
     }
     fn is_failing(&self) -> bool {
         Reloading::is_failing(self)
