@@ -5,6 +5,7 @@ mod admin;
 mod client;
 mod cmd;
 mod config;
+mod files;
 mod http;
 mod logging;
 mod pki;
