@@ -171,9 +171,11 @@ impl<L: Load> Shared<L> {
         }
         let target: Arc<dyn Target> = reloading.clone();
         let on_handshake = match options.detection {
-            Detection::OnHandshake { ttl } => {
-                Some(detect::OnHandshake::new(ttl, load_on, vec![Arc::downgrade(&target)]))
-            }
+            Detection::OnHandshake { ttl } => Some(detect::OnHandshake::new(
+                ttl,
+                load_on,
+                vec![Arc::downgrade(&target)],
+            )),
             _ => None,
         };
         let detector = detect::spawn(

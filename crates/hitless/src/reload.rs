@@ -124,7 +124,10 @@ impl<L: Load> Reloading<L> {
             let Some(mode) = files.mode(path) else {
                 continue;
             };
-            let secret = secrets.iter().find(|(p, _)| p == path).map(|(_, what)| *what);
+            let secret = secrets
+                .iter()
+                .find(|(p, _)| p == path)
+                .map(|(_, what)| *what);
             let readable = secret.is_some() && mode & files::READABLE_BY_OTHERS != 0;
             let writable = mode & files::WRITABLE_BY_OTHERS != 0;
             if !(readable || writable) || !lock(&self.warned_modes).insert((path.clone(), mode)) {
