@@ -1537,7 +1537,7 @@ fn draw(
 
 #[cfg(test)]
 mod tests {
-    use super::short;
+    use super::{short, wants_quit};
 
     #[test]
     fn quit_keys_but_not_escape_sequences() {

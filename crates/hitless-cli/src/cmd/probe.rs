@@ -897,12 +897,12 @@ impl Probe {
     }
 }
 
+/// How one attempt ended: a reply or a failure (each with whether the handshake resumed a
+/// session), or no outcome within the time limit.
+type Ending = Result<Result<(Reply, bool), (Failure, bool)>, tokio::time::error::Elapsed>;
+
 /// The verdict on one attempt: what happened, and whether it counts as evidence.
-fn judge(
-    result: Result<Result<(Reply, bool), (Failure, bool)>, tokio::time::error::Elapsed>,
-    asked: bool,
-    timeout: Duration,
-) -> Outcome {
+fn judge(result: Ending, asked: bool, timeout: Duration) -> Outcome {
     let outcome = |result, detail, resumed, unreachable| Outcome {
         result,
         detail,
