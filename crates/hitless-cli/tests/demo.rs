@@ -90,7 +90,7 @@ impl Drop for TmuxGuard {
 fn live_view_renders_in_a_terminal() {
     let socket = format!("hitless-demo-test-{}", std::process::id());
     let _guard = TmuxGuard(socket.clone());
-    let command = format!("{} demo --duration 40s", hitless_bin());
+    let command = format!("exec {} demo --duration 40s", hitless_bin());
     tmux(
         &socket,
         &[
@@ -143,7 +143,19 @@ fn live_view_renders_in_a_terminal() {
     );
     assert!(screen.contains("failed handshakes 0"), "{screen}");
     // q ends it cleanly.
+    let pid: u32 = tmux(
+        &socket,
+        &["display-message", "-p", "-t", "demo", "#{pane_pid}"],
+    )
+    .trim()
+    .parse()
+    .expect("the pane's PID");
     tmux(&socket, &["send-keys", "-t", "demo", "q"]);
+    let deadline = Instant::now() + END_AFTER_TERMINAL_LOSS;
+    while running(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!running(pid), "q did not end the demo");
 }
 
 /// Runs a demo in a pseudo-terminal of its own (Python's `os.openpty`; the demo is no session

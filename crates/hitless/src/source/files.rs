@@ -3,6 +3,10 @@
 //! A credential made of several files is read file by file, then each file's identity
 //! (device, inode, size, modification time, through symlinks) is taken again: if any changed
 //! while reading, the read is not trusted (a writer was busy) and is retried later.
+//!
+//! Each file is opened without blocking and judged by its open descriptor (`fstat`): only a
+//! regular file of bounded size is read, so a named pipe or a device put in a credential's
+//! place is refused with the reason instead of hanging or flooding the reader.
 
 use std::fs;
 use std::path::{Path, PathBuf};
