@@ -121,6 +121,7 @@ pub struct Connection {
     driver: Option<JoinHandle<hyper::Result<()>>>,
     server_fingerprint: Option<String>,
     responses: u64,
+    resumed: bool,
 }
 
 /// Opens a TCP connection to the target and completes a TLS handshake with `config`.
@@ -140,6 +141,7 @@ pub async fn connect(target: &Target, config: Arc<ClientConfig>) -> Result<Conne
         .peer_certificates()
         .and_then(|chain| chain.first())
         .map(fingerprint);
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let (sender, connection) =
         http1::handshake(TokioIo::new(tls))
             .await
@@ -154,10 +156,16 @@ pub async fn connect(target: &Target, config: Arc<ClientConfig>) -> Result<Conne
         driver: Some(driver),
         server_fingerprint,
         responses: 0,
+        resumed,
     })
 }
 
 impl Connection {
+    /// True if the handshake resumed an earlier session (no certificates were exchanged).
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+
     /// False once the server (or an error) has closed the connection.
     pub fn is_open(&self) -> bool {
         !self.sender.is_closed()
@@ -310,9 +318,11 @@ impl Failure {
 
     /// True if the *server* turned the client away: it sent an alert, or closed the connection
     /// during the handshake or before the first response. False when this client gave up (the
-    /// server certificate is not trusted, no TCP connection, a timeout).
+    /// server certificate is not trusted, no TCP connection, a timeout), and when the server
+    /// answered something that is not HTTP (that is no refusal, it is another protocol).
     pub fn refused_by_server(&self) -> bool {
         match self {
+            Failure::Request { error, .. } if error.is_parse() || error.is_parse_status() => false,
             Failure::Handshake(_) | Failure::Request { first: true, .. } => {
                 match self.tls_error() {
                     Some(rustls::Error::AlertReceived(_)) => true,

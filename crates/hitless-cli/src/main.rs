@@ -5,6 +5,7 @@ mod admin;
 mod client;
 mod cmd;
 mod config;
+mod files;
 mod http;
 mod logging;
 mod pki;
@@ -33,7 +34,8 @@ enum Command {
     /// Call an HTTPS server with a reloading client identity, once or in a loop, and report.
     Call(cmd::call::Args),
     /// Prove a server refuses untrusted clients (no, self-signed, unknown-CA, expired, revoked,
-    /// wrong-usage certificates); exit 1 if any got in.
+    /// wrong-usage certificates, resumed sessions); exit 1 if any got in or a refusal proves
+    /// nothing (the server never asked for a certificate).
     Probe(cmd::probe::Args),
     /// A development CA: create it, issue server/client certificates, revoke, write CRLs.
     Ca(cmd::ca::Args),

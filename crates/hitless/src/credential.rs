@@ -25,8 +25,6 @@ use crate::Error;
 pub(crate) struct IdentityLoader {
     source: IdentitySource,
     rules: Validation,
-    /// (path, mode) pairs already warned about, so each is logged once.
-    warned_modes: Mutex<HashSet<(PathBuf, u32)>>,
     /// Files already reported as having PEM blocks run together.
     warned_run_together: Mutex<HashSet<PathBuf>>,
 }
@@ -36,7 +34,6 @@ impl IdentityLoader {
         IdentityLoader {
             source,
             rules,
-            warned_modes: Mutex::default(),
             warned_run_together: Mutex::default(),
         }
     }
@@ -90,21 +87,26 @@ impl Load for IdentityLoader {
             self.note_run_together(key_path, keys.run_together);
             Identity::from_sections(cert_path, &certs, key_path, &keys, &self.rules)?
         };
-        if let Some(mode) = files::loose_key_mode(key_path) {
-            if lock(&self.warned_modes).insert((key_path.to_owned(), mode)) {
-                tracing::warn!(
-                    file = %key_path.display(),
-                    mode = format!("{mode:04o}"),
-                    "private key file is readable by group or others (mode {mode:04o}); \
-                     make it 0600 (an agent template can set perms = \"0600\")"
-                );
-            }
-        }
         Ok(identity)
     }
 
     fn fingerprint(value: &Identity) -> String {
         value.leaf().fingerprint.clone()
+    }
+
+    fn secret_files(&self) -> Vec<(PathBuf, &'static str)> {
+        match &self.source {
+            IdentitySource::Pkcs12 { path, password } => {
+                let mut secrets = vec![(path.clone(), "PKCS#12 file (it holds a private key)")];
+                secrets.extend(password.path().map(|p| (p.to_path_buf(), "password file")));
+                secrets
+            }
+            source => vec![(source.key_path().to_path_buf(), "private key file")],
+        }
+    }
+
+    fn writers_decide(&self) -> &'static str {
+        "what this identity presents"
     }
 
     fn validity(value: &Identity) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
@@ -156,11 +158,13 @@ impl Default for Options {
 }
 
 impl<L: Load> Shared<L> {
-    /// Loads once (failing unless `allow_empty`), then starts the detector.
+    /// Loads once (failing unless `allow_empty`), then starts the detector (`load_on`: where
+    /// an `on-handshake` check loads a change it finds).
     pub(crate) fn start(
         loader: L,
         default_name: String,
         options: Options,
+        load_on: detect::LoadOn,
     ) -> Result<Arc<Self>, Error> {
         let name = options.name.clone().unwrap_or(default_name);
         let reloading = new_reloading(name.clone(), loader, &options);
@@ -171,9 +175,11 @@ impl<L: Load> Shared<L> {
         }
         let target: Arc<dyn Target> = reloading.clone();
         let on_handshake = match options.detection {
-            Detection::OnHandshake { ttl } => {
-                Some(detect::OnHandshake::new(ttl, vec![Arc::downgrade(&target)]))
-            }
+            Detection::OnHandshake { ttl } => Some(detect::OnHandshake::new(
+                ttl,
+                load_on,
+                vec![Arc::downgrade(&target)],
+            )),
             _ => None,
         };
         let detector = detect::spawn(
@@ -397,7 +403,8 @@ impl IdentityBuilder {
             },
         );
         Ok(ReloadingIdentity {
-            shared: Shared::start(loader, default_name, self.options)?,
+            // The identity is checked by its resolver, on the handshake's own task.
+            shared: Shared::start(loader, default_name, self.options, detect::LoadOn::Caller)?,
         })
     }
 }
@@ -497,7 +504,14 @@ impl TrustBuilder {
             .unwrap_or_else(|| "trust".into());
         let loader = TrustLoader::new(self.source, self.provider);
         Ok(ReloadingTrust {
-            shared: Shared::start(loader, default_name, self.options)?,
+            // The trust is checked from `ReloadingServerConfig::current()`, on accept loops: a
+            // slow reload must not stop them.
+            shared: Shared::start(
+                loader,
+                default_name,
+                self.options,
+                detect::LoadOn::OneShotThread,
+            )?,
         })
     }
 }
@@ -711,7 +725,11 @@ impl ServerIdentitiesBuilder {
             })
             .collect();
         let on_handshake = match self.options.detection {
-            Detection::OnHandshake { ttl } => Some(detect::OnHandshake::new(ttl, targets.clone())),
+            Detection::OnHandshake { ttl } => Some(detect::OnHandshake::new(
+                ttl,
+                detect::LoadOn::Caller,
+                targets.clone(),
+            )),
             _ => None,
         };
         let inner = Arc::new(SetInner {

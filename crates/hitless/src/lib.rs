@@ -125,7 +125,7 @@
 //! |---|---|---|---|
 //! | [`Watch`](Detection::Watch) (default) | one detector thread per handle (a [`ServerIdentities`] set shares one) and notify's inotify thread | none: it sleeps on inotify; one inotify instance per handle, one watch per parent directory and symlink hop | milliseconds |
 //! | [`Poll`](Detection::Poll) | one detector thread per handle | one `stat` per file and symlink hop per interval (±10% jitter) | up to the interval |
-//! | [`OnHandshake`](Detection::OnHandshake) | none | a clock read per handshake; once per TTL, one handshake `stat`s the files, and on a change reads and validates them inline | up to the TTL, and only when handshakes happen |
+//! | [`OnHandshake`](Detection::OnHandshake) | none long-lived (a trust change is loaded on a thread that ends with the reload) | a clock read per handshake; once per TTL, one caller `stat`s the files; on a change an identity is read and validated inline by that handshake, a trust bundle on the short-lived thread | up to the TTL, and only when handshakes happen |
 //! | [`Manual`](Detection::Manual) | none | none | when you call `reload()` |
 //!
 //! **Per trust change and per rotation**: a new `ServerConfig`/`ClientConfig` is built (new
@@ -144,10 +144,13 @@
 //! - **`Poll`** where inotify says nothing: NFS and other network or FUSE file systems, files
 //!   written by another host or container runtime that does not propagate events; or where a
 //!   predictable, tiny background cost matters more than latency.
-//! - **`OnHandshake`** where a background thread is unwelcome (a sandbox, a process that
-//!   forks). The handshake that notices a change pays for reading and validating the files (in
-//!   an async server, on an executor thread); a service without traffic does not reload and
-//!   does not announce expiry unless it calls `check_expiry`.
+//! - **`OnHandshake`** where a long-lived background thread is unwelcome (a sandbox, a process
+//!   that forks). The handshake that notices an identity change pays for reading and validating
+//!   the files (in an async server, on an executor thread); a trust change is read on a thread
+//!   started for that one reload, because the trust is checked from
+//!   `ReloadingServerConfig::current()`, on accept loops, which must never wait for a slow read.
+//!   A service without traffic does not reload and does not announce expiry unless it calls
+//!   `check_expiry`.
 //! - **`Manual`** when something else knows when the files changed (a `SIGHUP`, an admin
 //!   endpoint, the agent's own callback): call `reload()`.
 //!
@@ -167,7 +170,8 @@
 //! `ExpiringSoon` (less than a third of the lifetime left, by default, and no renewal yet) and
 //! `Expired`. Subscribe with the builders' `on_event` or with `subscribe`; callbacks run on the
 //! thread that did the reload (the detector, the caller of `reload()`, or in `on-handshake`
-//! mode the handshake), so keep them short. Expiry is announced by the detector's timer in
+//! mode the handshake, or for a trust bundle the short-lived reload thread), so keep them
+//! short. Expiry is announced by the detector's timer in
 //! `watch` and `poll` modes; call `check_expiry` in the others.
 //!
 //! [`Status`] is what a status page shows: generation, load time, last check, last error,
