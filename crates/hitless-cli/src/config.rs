@@ -503,7 +503,10 @@ impl Config {
         // The command line refuses --poll-interval 0s whatever the mode, with this same check.
         if self.reload.mode == Mode::Poll {
             if let Err(reason) = crate::value::check_positive(self.reload.poll_interval) {
-                report(reload.key("poll_interval"), format!("{reason} in poll mode"));
+                report(
+                    reload.key("poll_interval"),
+                    format!("{reason} in poll mode"),
+                );
             }
         }
         if let Err(reason) = crate::value::check_fraction(self.reload.expiring_soon) {

@@ -33,7 +33,7 @@ use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -54,6 +54,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// idle `serve` holds about 20).
 pub const RESERVED_DESCRIPTORS: u64 = 32;
 
+/// Connections the kernel queues while the listener waits for a free slot (capped by
+/// `net.core.somaxconn`); std and tokio use 128, which a burst at the limit overflows.
+const BACKLOG: u32 = 1024;
 /// First wait after a failed `accept()`; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 /// Longest wait after failed `accept()`s.
@@ -143,7 +146,10 @@ pub fn fit_to_descriptors(tls: u32, admin: Option<u32>, descriptors: u64) -> (u3
 pub fn raise_descriptor_limit() -> Option<u64> {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(soft) => {
-            tracing::debug!(soft, "descriptor limit (RLIMIT_NOFILE) raised to the hard limit");
+            tracing::debug!(
+                soft,
+                "descriptor limit (RLIMIT_NOFILE) raised to the hard limit"
+            );
             Some(soft)
         }
         Err(e) => {
@@ -199,14 +205,24 @@ impl Drop for Slot {
 }
 
 impl Listener {
-    /// Binds `addr`; `name` (`tls`, `admin`) labels its log lines and metrics.
-    pub async fn bind(
+    /// Binds `addr` (from within the async runtime); `name` (`tls`, `admin`) labels its log
+    /// lines and metrics.
+    pub fn bind(
         name: &'static str,
         addr: SocketAddr,
         max_connections: u32,
         metrics: ListenerMetrics,
     ) -> std::io::Result<Listener> {
-        let tcp = TcpListener::bind(addr).await?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As std and tokio do: a restarted server can bind while old connections linger.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let tcp = socket.listen(BACKLOG)?;
         metrics.max.set(i64::from(max_connections));
         Ok(Listener {
             name,
@@ -522,7 +538,9 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 fn is_header_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(e) = next {
-        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+        {
             return true;
         }
         next = e.source();
@@ -641,7 +659,11 @@ mod tests {
         assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
         assert_eq!(logged, [1], "one line in the first second");
         let (_, log) = errors.failed(t0 + Duration::from_millis(1200));
-        assert_eq!(log, Some(20), "the next line counts the 19 held back and itself");
+        assert_eq!(
+            log,
+            Some(20),
+            "the next line counts the 19 held back and itself"
+        );
         assert_eq!(errors.succeeded(), Some(21));
         assert_eq!(errors.succeeded(), None);
         let (wait, log) = errors.failed(t0 + Duration::from_millis(1300));
@@ -652,12 +674,121 @@ mod tests {
         );
     }
 
+    /// A slot outside any listener, for driving [`serve_http`] directly.
+    fn test_slot() -> Slot {
+        let permit = Arc::new(Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("one permit");
+        Slot {
+            _permit: permit,
+            metrics: crate::admin::Metrics::new().listener("test"),
+        }
+    }
+
+    fn short_limits() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(600),
+            ..Limits::default()
+        }
+    }
+
+    /// Serves `/` on one end of an in-memory pipe; returns the other end and how the server
+    /// side ended.
+    fn serve_pipe(limits: Limits) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<Ended>) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let ended = tokio::spawn(async move {
+            let builder = http_builder(&limits, false);
+            let (_tx, rx) = watch::channel(false);
+            let service = hyper::service::service_fn(|_req| {
+                std::future::ready(Ok::<_, std::convert::Infallible>(crate::http::text(
+                    hyper::StatusCode::OK,
+                    "ok\n",
+                )))
+            });
+            serve_http(&builder, server, service, &limits, &test_slot(), rx).await
+        });
+        (client, ended)
+    }
+
+    async fn ended_within(ended: tokio::task::JoinHandle<Ended>) -> Ended {
+        tokio::time::timeout(Duration::from_secs(20), ended)
+            .await
+            .expect("the server side never closed the connection")
+            .expect("server task")
+    }
+
+    fn get() -> Request<http_body_util::Empty<bytes::Bytes>> {
+        Request::get("http://localhost/")
+            .body(http_body_util::Empty::new())
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout() {
+        let (_client, ended) = serve_pipe(short_limits());
+        let ended = ended_within(ended).await;
+        assert!(matches!(ended, Ended::HeaderReadTimeout), "{ended:?}");
+    }
+
+    #[tokio::test]
+    async fn a_half_sent_request_head_is_closed_after_the_header_read_timeout() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, ended) = serve_pipe(short_limits());
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        let ended = ended_within(ended).await;
+        assert!(matches!(ended, Ended::HeaderReadTimeout), "{ended:?}");
+        // A partial HTTP/2 preface stalls the protocol detection instead: closed all the same.
+        let (mut client, ended) = serve_pipe(short_limits());
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n")
+            .await
+            .expect("write");
+        let ended = ended_within(ended).await;
+        assert!(matches!(ended, Ended::HeaderReadTimeout), "{ended:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+        let (client, ended) = serve_pipe(short_limits());
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .expect("h2 handshake");
+        let driver = tokio::spawn(conn);
+        let response = sender.send_request(get()).await.expect("response");
+        assert_eq!(response.status(), hyper::StatusCode::OK);
+        drop(response);
+        let ended = ended_within(ended).await;
+        assert!(matches!(ended, Ended::IdleTimeout), "{ended:?}");
+        // The server said goodbye (GOAWAY) rather than vanishing.
+        let closed = tokio::time::timeout(Duration::from_secs(20), driver).await;
+        assert!(matches!(closed, Ok(Ok(Ok(())))), "{closed:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_http1_connection_is_closed_by_the_header_read_timeout() {
+        let (client, ended) = serve_pipe(short_limits());
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+            .await
+            .expect("h1 handshake");
+        tokio::spawn(conn);
+        let response = sender.send_request(get()).await.expect("response");
+        assert_eq!(response.status(), hyper::StatusCode::OK);
+        drop(response);
+        // hyper times the wait for the next request head like a slow head.
+        let ended = ended_within(ended).await;
+        assert!(matches!(ended, Ended::HeaderReadTimeout), "{ended:?}");
+    }
+
     #[tokio::test]
     async fn the_limit_holds_connections_back_until_one_closes() {
         let metrics = crate::admin::Metrics::new().listener("test");
-        let mut listener = Listener::bind("test", "127.0.0.1:0".parse().unwrap(), 2, metrics)
-            .await
-            .unwrap();
+        let mut listener =
+            Listener::bind("test", "127.0.0.1:0".parse().unwrap(), 2, metrics).unwrap();
         let addr = listener.local_addr().unwrap();
         let mut clients = Vec::new();
         for _ in 0..3 {

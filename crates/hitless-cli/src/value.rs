@@ -20,9 +20,8 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
 /// A duration such as `10s`, `200ms`, `1h 30m`, from zero to [`MAX_DURATION`].
 pub fn duration(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text.trim()).map_err(|e| {
-        format!("not a duration: {e} (write e.g. \"10s\", \"200ms\", \"1h 30m\")")
-    })?;
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("not a duration: {e} (write e.g. \"10s\", \"200ms\", \"1h 30m\")"))?;
     check_duration(d)
 }
 
@@ -55,7 +54,9 @@ pub fn check_positive(d: Duration) -> Result<Duration, String> {
 pub fn rate(text: &str) -> Result<f64, String> {
     let r = number(text)?;
     if !(r.is_finite() && r > 0.0) {
-        return Err(format!("{r} is not a positive number of requests per second"));
+        return Err(format!(
+            "{r} is not a positive number of requests per second"
+        ));
     }
     match Duration::try_from_secs_f64(1.0 / r) {
         Ok(interval) if interval <= MAX_DURATION => Ok(r),
@@ -97,7 +98,15 @@ mod tests {
         assert_eq!(duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(duration("0s"), Ok(Duration::ZERO));
         assert_eq!(duration("100y"), Ok(MAX_DURATION));
-        for bad in ["500000000000y", "101y", "-1s", "NaN", "inf", "", "10 parsecs"] {
+        for bad in [
+            "500000000000y",
+            "101y",
+            "-1s",
+            "NaN",
+            "inf",
+            "",
+            "10 parsecs",
+        ] {
             let e = duration(bad).expect_err(bad);
             assert!(!e.is_empty(), "{bad}");
         }
@@ -113,7 +122,10 @@ mod tests {
     fn rates_are_positive_finite_and_not_absurdly_slow() {
         assert_eq!(rate("100"), Ok(100.0));
         assert_eq!(rate("0.5"), Ok(0.5));
-        assert!(rate("1e300").is_ok(), "very fast is allowed: as fast as it goes");
+        assert!(
+            rate("1e300").is_ok(),
+            "very fast is allowed: as fast as it goes"
+        );
         for bad in ["0", "-1", "NaN", "inf", "-inf", "1e-20", "abc", ""] {
             assert!(rate(bad).is_err(), "{bad} accepted");
         }

@@ -461,7 +461,6 @@ pub async fn serve(
             limits.admin_max_connections,
             metrics.listener("admin"),
         )
-        .await
         .with_context(|| format!("cannot listen on {addr} (--admin-listen)"))?;
         if !addr.ip().is_loopback() {
             tracing::warn!(admin = %addr, "admin listener is not on loopback: /status and /metrics are readable from the network");
@@ -542,7 +541,6 @@ pub async fn serve(
         limits.max_connections,
         metrics.listener("tls"),
     )
-    .await
     .with_context(|| format!("cannot listen on {}", plan.listen))?;
     let local = listener.local_addr().context("listener has no address")?;
     observed.ready.store(true, Ordering::SeqCst);
