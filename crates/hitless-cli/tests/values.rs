@@ -90,6 +90,36 @@ fn serve_refuses_absurd_durations_fractions_and_limits() {
             serve(flag, count);
         }
     }
+
+    // The largest wait accepted, on the path that crashed at once: serve waits.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = start_server(
+        dir.path(),
+        &[
+            "--identity".into(),
+            dir.path().join("not-yet.pem").into(),
+            "--wait-for-credentials".into(),
+            "100y".into(),
+        ],
+    );
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !server.log().contains("waiting for credentials") {
+        if let Some(status) = server.try_wait() {
+            panic!("serve exited: {status}\n{}", server.log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no wait logged:\n{}",
+            server.log()
+        );
+        std::thread::sleep(POLL);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.try_wait().is_none(),
+        "serve stopped waiting:\n{}",
+        server.log()
+    );
 }
 
 #[test]
@@ -136,39 +166,6 @@ fn the_other_commands_refuse_absurd_durations() {
     ] {
         assert_refused(&args, flag);
     }
-}
-
-/// The largest accepted wait is the one that used to crash `serve` at once: it must wait.
-#[test]
-fn serve_waits_for_credentials_for_the_longest_accepted_time_without_panicking() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut server = start_server(
-        dir.path(),
-        &[
-            "--identity".into(),
-            dir.path().join("not-yet.pem").into(),
-            "--wait-for-credentials".into(),
-            "100y".into(),
-        ],
-    );
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while !server.log().contains("waiting for credentials") {
-        if let Some(status) = server.try_wait() {
-            panic!("serve exited: {status}\n{}", server.log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no wait logged:\n{}",
-            server.log()
-        );
-        std::thread::sleep(POLL);
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        server.try_wait().is_none(),
-        "serve stopped waiting:\n{}",
-        server.log()
-    );
 }
 
 /// The configuration file accepts exactly what the flags accept, and names the key.
