@@ -465,3 +465,46 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_limit() {
         "{text}"
     );
 }
+
+#[test]
+fn the_configuration_file_sets_the_limits_and_flags_override_it() {
+    let pki = Pki::new();
+    let config = pki.path("hitless.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n\
+             max_connections = 7\nadmin_max_connections = 3\nhandshake_timeout = \"4s\"\n\
+             header_read_timeout = \"5s\"\nidle_timeout = \"6s\"\n\
+             [[identity]]\ncert = {:?}\nkey = {:?}\n",
+            free_port(),
+            free_port(),
+            pki.server_crt,
+            pki.server_key
+        ),
+    )
+    .expect("write config");
+    let check = |extra: &[&str]| {
+        let mut cmd = Command::new(hitless_bin());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--check")
+            .args(extra);
+        let ran = run_bounded(cmd, b"", PEER_TIMEOUT);
+        assert!(ran.success(), "serve --check failed: {ran:?}");
+        ran.stdout
+    };
+    let out = check(&[]);
+    assert!(
+        out.contains(
+            "connections: at most 7 open (admin 3); timeouts: handshake 4s, header read 5s, idle 6s"
+        ),
+        "{out}"
+    );
+    let out = check(&["--max-connections", "9", "--idle-timeout", "2m"]);
+    assert!(
+        out.contains("at most 9 open (admin 3)") && out.contains("idle 2m"),
+        "{out}"
+    );
+}

@@ -284,6 +284,15 @@ fn check(plan: &Plan) -> anyhow::Result<ExitCode> {
     if let Some(admin) = plan.admin {
         println!("admin listener: {admin}");
     }
+    let limits = &plan.limits;
+    println!(
+        "connections: at most {} open (admin {}); timeouts: handshake {}, header read {}, idle {}",
+        limits.max_connections,
+        limits.admin_max_connections,
+        humantime::format_duration(limits.handshake_timeout),
+        humantime::format_duration(limits.header_read_timeout),
+        humantime::format_duration(limits.idle_timeout),
+    );
     println!("reload: {}", plan.detection.name());
     for (i, (source, options)) in plan.identities.iter().enumerate() {
         let name = options
