@@ -13,7 +13,12 @@
 //!   `header_read_timeout`, which needs a timer: without `.timer(..)` hyper silently ignores
 //!   it), and an idle timeout with no request in flight (both HTTP/1.1 and HTTP/2). A
 //!   connection that never completes a first request is closed after the header-read timeout,
-//!   whatever protocol it speaks;
+//!   whatever protocol it speaks. hyper runs the header-read timer also while an HTTP/1.1
+//!   connection waits for its next request, so an idle HTTP/1.1 connection is closed after
+//!   the shorter of the two timeouts. A request counts as in flight until its response head
+//!   is ready (the bodies served here are complete by then); a connection closed for
+//!   idleness is shut down gracefully (HTTP/2 GOAWAY) and dropped one idle period later if
+//!   the peer does not finish;
 //! - **`TCP_NODELAY`** on every accepted socket: responses are small and follow the TLS
 //!   session tickets; with Nagle on, they wait for the client's delayed ACK (~40 ms);
 //! - **accept errors that back off** (5 ms doubling to 1 s) and are logged at most once a
@@ -223,6 +228,9 @@ impl Listener {
         socket.set_reuseaddr(true)?;
         socket.bind(addr)?;
         let tcp = socket.listen(BACKLOG)?;
+        // A semaphore holds at most MAX_PERMITS (far above any descriptor limit).
+        let max_connections =
+            max_connections.min(u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX));
         metrics.max.set(i64::from(max_connections));
         Ok(Listener {
             name,
