@@ -8,15 +8,20 @@
 //! This is the one place where the tests assert that something is fast, because the issue is
 //! about exactly that. The bound (30 ms) sits well below the stall (≥ 40 ms, the kernel's
 //! minimum delayed-ACK time) and far above a normal answer (~1 ms, debug build). On a loaded
-//! 2-core machine the scheduler alone sometimes holds a process for 40–50 ms, so one unlucky
-//! request proves nothing: a *round* of 30 requests passes when none waited longer than the
-//! bound, and the test passes when one of up to [`ROUNDS`] rounds does. The stall is a
-//! property of the server, not luck: with it, every round had more than half of its requests
-//! over the bound.
+//! 2-core machine the scheduler alone sometimes holds a process for 40–200 ms, so: the server
+//! and the clients run at a high scheduling priority (`nice -n -15`; the stall is a kernel
+//! timer and shows at any priority), the tests of this file run one at a time, and one
+//! unlucky request proves nothing: a *round* of 30 requests passes when none waited longer
+//! than the bound, and the test passes when one of up to [`ROUNDS`] rounds does. The stall is
+//! a property of the server, not luck: with it, every round had a third to nine tenths of its
+//! requests over the bound (and `call`'s slowest at 45–60 ms in every round). Measured with
+//! four CPU-bound processes beside the other work of this machine: at most one retried round
+//! in nine runs.
 
 mod common;
 
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::*;
@@ -29,19 +34,36 @@ const ROUNDS: usize = 5;
 /// The longest acceptable wait between handshake done and the response's first byte.
 const BOUND: Duration = Duration::from_millis(30);
 
+/// The tests of this file run one at a time: each measures latency, and the others' curl
+/// processes would be noise.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `program` run at a high scheduling priority (`nice -n -15`): the measured wait is the
+/// server's, not the time a busy machine takes to schedule the server or the client again. The
+/// delayed-ACK stall is a kernel timer and shows at any priority. Without the privilege to
+/// raise priority, `nice` says so and runs the program as it is.
+fn prioritised(program: &str) -> Command {
+    let mut cmd = Command::new("nice");
+    cmd.args(["-n", "-15", program]);
+    cmd
+}
+
 /// Starts `serve` with mutual TLS on the pair from `pki` and waits until it listens.
 fn start_mtls_server(pki: &Pki) -> ServerGuard {
-    let mut server = start_server(
-        pki.dir.path(),
-        &[
-            "--cert".into(),
-            pki.server_crt.clone().into(),
-            "--key".into(),
-            pki.server_key.clone().into(),
-            "--client-ca".into(),
-            pki.ca_pem.clone().into(),
-        ],
-    );
+    let port = free_port();
+    let mut cmd = prioritised(hitless_bin());
+    cmd.args(serve_args(port))
+        .arg("--cert")
+        .arg(&pki.server_crt)
+        .arg("--key")
+        .arg(&pki.server_key)
+        .arg("--client-ca")
+        .arg(&pki.ca_pem);
+    let mut server = ServerGuard::spawn(cmd, port, pki.path(&format!("server-{port}.log")));
     server.wait_ready();
     server
 }
@@ -58,7 +80,10 @@ fn some_round_without_a_stall(
     for r in 1..=ROUNDS {
         match round() {
             None => return,
-            Some(slow) => report.push(format!("round {r}: {slow}")),
+            Some(slow) => {
+                eprintln!("{what}: round {r} had a slow request, trying again: {slow}");
+                report.push(format!("round {r}: {slow}"));
+            }
         }
     }
     panic!(
@@ -91,7 +116,7 @@ fn over_bound(waits: &[Duration]) -> Option<String> {
 /// One curl request on a new connection with the client certificate; the time between
 /// `time_appconnect` (TLS handshake done) and `time_starttransfer` (first response byte).
 fn curl_wait(pki: &Pki, port: u16, version: HttpVersion) -> Duration {
-    let mut cmd = Command::new("curl");
+    let mut cmd = prioritised("curl");
     cmd.args(["-sS", "--fail", "--max-time", "20", "-o", "/dev/null"])
         .arg("--resolve")
         .arg(format!("localhost:{port}:127.0.0.1"))
@@ -125,6 +150,7 @@ fn curl_wait(pki: &Pki, port: u16, version: HttpVersion) -> Duration {
 }
 
 fn curl_rounds(version: HttpVersion) {
+    let _alone = one_at_a_time();
     let pki = Pki::new();
     let server = start_mtls_server(&pki);
     some_round_without_a_stall(&format!("curl {version:?}"), &server, || {
@@ -154,10 +180,11 @@ fn curl_http2_requests_on_new_connections_get_their_answer_without_a_stall() {
 /// round must stay under the bound.
 #[test]
 fn call_concurrency_1_gets_every_answer_without_a_stall() {
+    let _alone = one_at_a_time();
     let pki = Pki::new();
     let server = start_mtls_server(&pki);
     some_round_without_a_stall("hitless call --concurrency 1", &server, || {
-        let mut cmd = Command::new(hitless_bin());
+        let mut cmd = prioritised(hitless_bin());
         cmd.arg("call")
             .arg(format!("https://127.0.0.1:{}/", server.port))
             .args(["--server-name", "localhost", "--ca"])
