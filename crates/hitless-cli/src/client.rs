@@ -10,7 +10,7 @@ use std::error::Error as StdError;
 use std::fmt::Write as _;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
@@ -112,6 +112,12 @@ pub struct Reply {
     pub first_on_connection: bool,
     /// SHA-256 of the server's leaf certificate on this connection (lowercase hex).
     pub server_fingerprint: Option<String>,
+    /// For the first response on a connection: how long the TCP connection and the TLS
+    /// handshake took.
+    pub handshake: Option<Duration>,
+    /// From sending the request (the handshake done) to the response head: the server's
+    /// answer time as the client sees it, where a delayed-ACK stall would show.
+    pub wait: Duration,
 }
 
 /// One TLS connection to the target carrying HTTP/1.1 requests, one at a time.
@@ -122,10 +128,13 @@ pub struct Connection {
     server_fingerprint: Option<String>,
     responses: u64,
     resumed: bool,
+    /// TCP connect + TLS handshake time.
+    handshake: Duration,
 }
 
 /// Opens a TCP connection to the target and completes a TLS handshake with `config`.
 pub async fn connect(target: &Target, config: Arc<ClientConfig>) -> Result<Connection, Failure> {
+    let started = Instant::now();
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(Failure::Connect)?;
@@ -135,6 +144,7 @@ pub async fn connect(target: &Target, config: Arc<ClientConfig>) -> Result<Conne
         .connect(target.server_name.clone(), tcp)
         .await
         .map_err(Failure::Handshake)?;
+    let handshake = started.elapsed();
     let server_fingerprint = tls
         .get_ref()
         .1
@@ -157,6 +167,7 @@ pub async fn connect(target: &Target, config: Arc<ClientConfig>) -> Result<Conne
         server_fingerprint,
         responses: 0,
         resumed,
+        handshake,
     })
 }
 
@@ -182,6 +193,7 @@ impl Connection {
                 unsent: true,
             });
         }
+        let sent = Instant::now();
         let response = match self.sender.try_send_request(request).await {
             Ok(response) => response,
             Err(mut e) => {
@@ -193,6 +205,7 @@ impl Connection {
                 });
             }
         };
+        let wait = sent.elapsed();
         self.responses += 1;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_BODY)
@@ -205,6 +218,8 @@ impl Connection {
             body,
             first_on_connection: first,
             server_fingerprint: self.server_fingerprint.clone(),
+            handshake: first.then_some(self.handshake),
+            wait,
         })
     }
 

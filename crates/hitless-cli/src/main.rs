@@ -7,8 +7,10 @@ mod cmd;
 mod config;
 mod files;
 mod http;
+mod listen;
 mod logging;
 mod pki;
+mod value;
 
 use std::process::ExitCode;
 
@@ -63,6 +65,9 @@ fn main() -> ExitCode {
     if !demo_tui {
         logging::init(cli.log_format);
     }
+    // A server's connections and a load generator's are descriptors: use what the hard limit
+    // allows, not the usual soft default of 1024.
+    listen::raise_descriptor_limit();
     let result = match cli.command {
         Command::Serve(args) => cmd::serve::run(args),
         Command::Call(args) => cmd::call::run(args),

@@ -42,10 +42,10 @@ use crate::pki::{DevCa, Issued, Kind, LeafSpec};
   hitless demo --duration 30s --no-tui")]
 pub struct Args {
     /// How long the demo runs.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    #[arg(long, value_parser = crate::value::duration, default_value = "60s")]
     pub duration: Duration,
     /// How often the agents rotate the server and client identities.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    #[arg(long, value_parser = crate::value::duration, default_value = "3s")]
     pub rotate_every: Duration,
     /// Print periodic lines instead of the live terminal view.
     #[arg(long)]
@@ -60,7 +60,7 @@ pub struct Args {
     #[arg(long, default_value_t = 25.0)]
     pub rate: f64,
     /// How often the prober runs.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "8s")]
+    #[arg(long, value_parser = crate::value::duration, default_value = "8s")]
     pub probe_every: Duration,
     /// Keep the temporary directory (its path is printed) instead of removing it.
     #[arg(long)]
@@ -272,6 +272,7 @@ async fn demo(args: &Args, dir: &Path, tui: bool) -> anyhow::Result<ExitCode> {
         wait: Duration::ZERO,
         drop_untrusted: false,
         shutdown_timeout: Duration::from_secs(2),
+        limits: crate::listen::Limits::default(),
     };
     let metrics = crate::admin::Metrics::new();
     let (identities, trust) = serve::load_credentials(&plan, &metrics)?;

@@ -70,7 +70,7 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// Exit 2 when a certificate or CRL expires within this long ("7d", "24h", "90m").
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "7d")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::value::duration, default_value = "7d")]
     pub warn: Duration,
     /// What an identity is for, as `serve` (server) and `call`/`probe` (client) load it: its
     /// chain's extendedKeyUsage must allow serverAuth, clientAuth, or either (any).

@@ -107,13 +107,13 @@ pub struct Args {
     #[arg(long, requires = "ca_cert")]
     pub crl_out: Option<PathBuf>,
     /// How long to wait after writing --crl-out for the server to reload it.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    #[arg(long, value_parser = crate::value::duration, default_value = "2s")]
     pub crl_reload_wait: Duration,
     /// Print the results as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
     /// Time limit of one attempt, connection and handshake included.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = crate::value::positive_duration, default_value = "10s")]
     pub timeout: Duration,
 }
 
