@@ -9,10 +9,17 @@
 //! theirs, a half-written or broken file never replaces a good one, and the handshake path stays
 //! as cheap as static rustls.
 //!
-//! ## Quick start
+//! ## Quick start: the recommended set-up
+//!
+//! Build each side *from the credentials*: a server from its identities and the client CAs it
+//! trusts, a client from the CAs it trusts and its identities. Rotations, trust changes,
+//! resumption and the CertificateRequest's CA names are then handled; nothing else reloads.
 //!
 //! ```
-//! use hitless::{IdentitySource, ReloadingIdentity};
+//! use hitless::{
+//!     IdentitySource, ReloadingClientConfig, ReloadingIdentity, ReloadingServerConfig,
+//!     ReloadingTrust, TrustSource,
+//! };
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let dir = tempfile::tempdir()?;
@@ -22,27 +29,34 @@
 //! #     let pem = issued.cert.pem() + &issued.signing_key.serialize_pem();
 //! #     std::fs::write(dir.path().join(".identity.pem.tmp"), pem)?;
 //! #     std::fs::rename(dir.path().join(".identity.pem.tmp"), dir.path().join("identity.pem"))?;
+//! #     std::fs::write(dir.path().join("ca.pem"), issued.cert.pem())?;
 //! #     Ok(())
 //! # };
 //! # renew()?;
 //! let path = dir.path().join("identity.pem"); // e.g. /run/secrets/identity.pem
-//! // Fails with the file and the reason unless there is a good identity to start with.
+//! let ca = dir.path().join("ca.pem"); // e.g. /run/secrets/ca.pem (+ CRLs: `.with_crls(..)`)
+//! // Each fails with the file and the reason unless there is a good credential to start with.
 //! let identity = ReloadingIdentity::builder(IdentitySource::bundle(&path)).build()?;
-//! assert_eq!(identity.status().generation, 1);
+//! let trust = ReloadingTrust::builder(TrustSource::cas([&ca])).build()?;
 //!
-//! let config = rustls::ServerConfig::builder()
-//!     .with_no_client_auth()
-//!     .with_cert_resolver(identity.resolver());
-//! // Hand `config` to tokio-rustls, hyper, axum, tonic...: rotations need nothing more.
+//! // A server requiring client certificates from `trust`:
+//! let server = ReloadingServerConfig::builder(&identity).client_trust(&trust).build()?;
+//! // A client trusting `trust`, presenting `identity` when asked:
+//! let client = ReloadingClientConfig::builder(&trust)
+//!     .identities(vec![identity.clone()])
+//!     .build()?;
+//! // Per connection: `server.current()` / `client.current()` (one atomic load), or, with
+//! // feature `tokio`, `hitless::TlsAcceptor::new(server)` as the accept step.
+//! let (_server_config, _client_config) = (server.current(), client.current());
 //!
 //! renew()?; // the agent writes a new certificate: the watcher sees it within milliseconds
 //! identity.reload()?; // (or look now, e.g. on SIGHUP)
 //! assert_eq!(identity.status().generation, 2);
-//! # let _ = config; Ok(()) }
+//! # Ok(()) }
 //! ```
 //!
-//! Mutual TLS, where the client CAs reload too, is [`ReloadingServerConfig`]: take
-//! [`current()`](ReloadingServerConfig::current) for each accepted connection. The `examples/`
+//! A fixed `rustls::ServerConfig` can still take [`ReloadingIdentity::resolver`] as its
+//! certificate resolver, but then only the identity reloads. The `examples/`
 //! directory has a recipe for each common stack, each run by the test suite through a rotation:
 //!
 //! | example | what it shows |
@@ -196,7 +210,8 @@ mod trust;
 pub use crate::rustls::TlsAcceptor;
 pub use crate::rustls::{
     ClientConfigBuilder, ClientIdentityResolver, IdentityResolver, ReloadingClientConfig,
-    ReloadingServerConfig, ReloadingServerVerifier, ServerConfigBuilder, SniResolver,
+    ReloadingServerConfig, ReloadingServerVerifier, ServedIdentities, ServerConfigBuilder,
+    SniResolver,
 };
 pub use credential::{
     IdentityBuilder, MemberOptions, Reload, ReloadingIdentity, ReloadingTrust, ServerIdentities,

@@ -135,13 +135,18 @@ impl Trust {
         &self.crl_ders
     }
 
-    /// A verifier of client certificates (mutual TLS required) for this trust.
-    pub fn client_verifier(&self) -> &Arc<dyn ClientCertVerifier> {
+    /// A verifier of client certificates (mutual TLS required) for *this generation* of the
+    /// trust: fixed, it does not follow reloads. A `ServerConfig` built with it keeps this
+    /// verdict for good; use [`ReloadingServerConfig`](crate::ReloadingServerConfig) to follow
+    /// the trust.
+    pub fn fixed_client_verifier(&self) -> &Arc<dyn ClientCertVerifier> {
         &self.client_verifier
     }
 
-    /// A verifier of server certificates for this trust.
-    pub fn server_verifier(&self) -> &Arc<WebPkiServerVerifier> {
+    /// A verifier of server certificates for *this generation* of the trust: fixed, it does not
+    /// follow reloads; use [`ReloadingServerVerifier`](crate::ReloadingServerVerifier) or
+    /// [`ReloadingClientConfig`](crate::ReloadingClientConfig) to follow the trust.
+    pub fn fixed_server_verifier(&self) -> &Arc<WebPkiServerVerifier> {
         &self.server_verifier
     }
 

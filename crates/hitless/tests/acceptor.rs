@@ -87,8 +87,8 @@ async fn acceptor_takes_the_configuration_when_the_client_hello_arrives() {
         .detection(Detection::Watch)
         .build()
         .unwrap();
-    let configs = ReloadingServerConfig::builder(identity.resolver())
-        .client_trust(trust.clone())
+    let configs = ReloadingServerConfig::builder(&identity)
+        .client_trust(&trust)
         .build()
         .unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));

@@ -392,12 +392,12 @@ fn client_only_leaf_is_refused_as_a_server_and_accepted_as_a_client() {
         .detection(Detection::Manual)
         .build()
         .unwrap();
-    let servers = ReloadingServerConfig::builder(server_identity.resolver())
-        .client_trust(trust.clone())
+    let servers = ReloadingServerConfig::builder(&server_identity)
+        .client_trust(&trust)
         .build()
         .unwrap();
     let server = Server::start_with(move || servers.current());
-    let clients = ReloadingClientConfig::builder(trust)
+    let clients = ReloadingClientConfig::builder(&trust)
         .identities(vec![client_identity])
         .build()
         .unwrap();

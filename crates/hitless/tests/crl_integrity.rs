@@ -43,8 +43,8 @@ fn setup(dir: &Path, source: TrustSource) -> Setup {
         .detection(Detection::Manual)
         .build()
         .unwrap();
-    let configs = ReloadingServerConfig::builder(identity.resolver())
-        .client_trust(trust.clone())
+    let configs = ReloadingServerConfig::builder(&identity)
+        .client_trust(&trust)
         .build()
         .unwrap();
     let c = configs.clone();

@@ -157,11 +157,11 @@ fn dropped_handles_leave_no_thread_behind() {
                 .detection(Detection::Manual)
                 .build()
                 .unwrap();
-        let server_configs = ReloadingServerConfig::builder(watched.resolver())
-            .client_trust(trust.clone())
+        let server_configs = ReloadingServerConfig::builder(&watched)
+            .client_trust(&trust)
             .build()
             .unwrap();
-        let client_configs = ReloadingClientConfig::builder(trust.clone())
+        let client_configs = ReloadingClientConfig::builder(&trust)
             .identities(vec![client_identity])
             .build()
             .unwrap();
@@ -228,11 +228,11 @@ fn works_without_an_async_runtime() {
         ReloadingIdentity::builder(IdentitySource::bundle(files.path("client.pem")))
             .build()
             .unwrap();
-    let server = ReloadingServerConfig::builder(identity.resolver())
-        .client_trust(trust.clone())
+    let server = ReloadingServerConfig::builder(&identity)
+        .client_trust(&trust)
         .build()
         .unwrap();
-    let client = ReloadingClientConfig::builder(trust)
+    let client = ReloadingClientConfig::builder(&trust)
         .identities(vec![client_identity.clone()])
         .configure(|c| c.resumption = rustls::client::Resumption::disabled())
         .build()

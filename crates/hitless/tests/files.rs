@@ -196,8 +196,8 @@ fn on_handshake_trust_reload_never_blocks_the_accept_loop() {
         })
         .build()
         .unwrap();
-    let configs = ReloadingServerConfig::builder(identity.resolver())
-        .client_trust(trust.clone())
+    let configs = ReloadingServerConfig::builder(&identity)
+        .client_trust(&trust)
         .build()
         .unwrap();
     let generation = configs.trust_generation();

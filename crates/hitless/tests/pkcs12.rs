@@ -235,8 +235,8 @@ impl MtlsServer {
         let identity = ReloadingIdentity::builder(IdentitySource::bundle(&bundle))
             .build()
             .unwrap();
-        let configs = ReloadingServerConfig::builder(identity.resolver())
-            .client_trust(trust.clone())
+        let configs = ReloadingServerConfig::builder(&identity)
+            .client_trust(trust)
             .build()
             .unwrap();
         let c = configs.clone();

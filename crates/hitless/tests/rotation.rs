@@ -301,8 +301,8 @@ fn resumption_does_not_outlive_a_rotation() {
     let identity = ReloadingIdentity::builder(IdentitySource::bundle(&path))
         .build()
         .unwrap();
-    let configs = hitless::ReloadingServerConfig::builder(identity.resolver())
-        .new_sessions_on_rotation(&identity)
+    // Built from the identity: its rotations start a new session binding by themselves.
+    let configs = hitless::ReloadingServerConfig::builder(&identity)
         .build()
         .unwrap();
     let c = configs.clone();

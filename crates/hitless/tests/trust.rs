@@ -41,8 +41,8 @@ fn setup(dir: &Path, ca_file: &Path, crls: &[&Path]) -> Setup {
             .detection(Detection::Watch)
             .build()
             .unwrap();
-    let configs = ReloadingServerConfig::builder(identity.resolver())
-        .client_trust(trust.clone())
+    let configs = ReloadingServerConfig::builder(&identity)
+        .client_trust(&trust)
         .build()
         .unwrap();
     let c = configs.clone();

@@ -132,7 +132,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     .build()
     .context("no valid trust bundle for the server's certificate")?;
     let keep_alive = args.keep_alive;
-    let configs = ReloadingClientConfig::builder(trust.clone())
+    let configs = ReloadingClientConfig::builder(&trust)
         .identities(identity.iter().cloned().collect())
         .configure(move |c: &mut rustls::ClientConfig| {
             c.alpn_protocols = vec![b"http/1.1".to_vec()];

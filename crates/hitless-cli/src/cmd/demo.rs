@@ -335,7 +335,7 @@ async fn demo(args: &Args, dir: &Path, tui: bool) -> anyhow::Result<ExitCode> {
     let client_trust = ReloadingTrust::builder(TrustSource::cas([&sandbox.server_ca]))
         .name("server-trust")
         .build()?;
-    let client_config = ReloadingClientConfig::builder(client_trust)
+    let client_config = ReloadingClientConfig::builder(&client_trust)
         .identities(vec![client_identity.clone()])
         .configure(|c| {
             c.resumption = rustls::client::Resumption::disabled();

@@ -393,7 +393,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("no valid trust bundle for the server's certificate")?;
     let verifier = trust
         .current()
-        .map(|t| t.value.server_verifier().clone())
+        .map(|t| t.value.fixed_server_verifier().clone())
         .ok_or_else(|| anyhow!("no trust bundle loaded from --ca"))?;
     let control = control_identity(&args)?;
     let ca = match (&args.ca_cert, &args.ca_key) {

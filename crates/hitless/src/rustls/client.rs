@@ -94,7 +94,7 @@ impl ReloadingServerVerifier {
             .current
             .load()
             .as_ref()
-            .map(|t| t.value.server_verifier().clone())
+            .map(|t| t.value.fixed_server_verifier().clone())
             .ok_or_else(|| rustls::Error::General("no trust bundle loaded".into()))
     }
 }

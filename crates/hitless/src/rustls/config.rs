@@ -196,19 +196,23 @@ impl<C: Send + Sync + 'static> Inner<C> {
     }
 }
 
-/// A `ServerConfig` that is rebuilt (new client verifier, new session cache) whenever the
-/// client trust bundle or its CRLs change.
+/// A `ServerConfig` that follows reloading identities and a reloading client trust: the one
+/// recommended way to serve (mutual) TLS with hitless.
+///
+/// Built *from the credentials*: every rotation of a served identity and every trust change
+/// builds a new configuration (new session binding, current CA names) with no further set-up,
+/// and client certificates are verified against the trust current when they are verified.
 ///
 /// ```no_run
 /// use hitless::{IdentitySource, ReloadingIdentity, ReloadingServerConfig, ReloadingTrust, TrustSource};
 /// # fn main() -> Result<(), hitless::Error> {
 /// let identity = ReloadingIdentity::builder(IdentitySource::bundle("identity.pem")).build()?;
 /// let trust = ReloadingTrust::builder(TrustSource::cas(["clients-ca.pem"])).build()?;
-/// let configs = ReloadingServerConfig::builder(identity.resolver())
-///     .client_trust(trust)
+/// let configs = ReloadingServerConfig::builder(&identity)
+///     .client_trust(&trust)
 ///     .configure(|c| c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()])
 ///     .build()?;
-/// // per accepted connection:
+/// // per accepted connection (or `hitless::TlsAcceptor`, feature `tokio`):
 /// let acceptor = tokio_rustls::TlsAcceptor::from(configs.current());
 /// # let _ = acceptor; Ok(()) }
 /// ```
@@ -225,10 +229,50 @@ impl std::fmt::Debug for ReloadingServerConfig {
     }
 }
 
+/// What a [`ReloadingServerConfig`] serves: one reloading identity, or a set chosen by SNI.
+/// Made from `&ReloadingIdentity` or `&ServerIdentities` (`From`), so that the configuration
+/// knows both how to resolve certificates and when they rotate.
+#[derive(Clone)]
+pub struct ServedIdentities {
+    served: Served,
+}
+
+#[derive(Clone)]
+enum Served {
+    One(ReloadingIdentity),
+    Set(crate::ServerIdentities),
+}
+
+impl std::fmt::Debug for ServedIdentities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.served {
+            Served::One(identity) => f.debug_tuple("ServedIdentities").field(identity).finish(),
+            Served::Set(_) => f.write_str("ServedIdentities(ServerIdentities)"),
+        }
+    }
+}
+
+impl From<&ReloadingIdentity> for ServedIdentities {
+    fn from(identity: &ReloadingIdentity) -> Self {
+        ServedIdentities {
+            served: Served::One(identity.clone()),
+        }
+    }
+}
+
+impl From<&crate::ServerIdentities> for ServedIdentities {
+    fn from(identities: &crate::ServerIdentities) -> Self {
+        ServedIdentities {
+            served: Served::Set(identities.clone()),
+        }
+    }
+}
+
 /// Builds a [`ReloadingServerConfig`].
 #[must_use]
 pub struct ServerConfigBuilder {
     resolver: Arc<dyn ResolvesServerCert>,
+    served: Option<ServedIdentities>,
     trust: Option<ReloadingTrust>,
     configure: Option<Configure<ServerConfig>>,
     renew_on: Vec<Box<dyn FnOnce(crate::EventCallback) + Send>>,
@@ -237,8 +281,24 @@ pub struct ServerConfigBuilder {
 impl ServerConfigBuilder {
     /// Require client certificates chaining to this trust (mutual TLS). Without it, clients
     /// are not authenticated.
-    pub fn client_trust(mut self, trust: ReloadingTrust) -> Self {
-        self.trust = Some(trust);
+    pub fn client_trust(mut self, trust: &ReloadingTrust) -> Self {
+        self.trust = Some(trust.clone());
+        self
+    }
+
+    /// For a listener bound to one IP address: a set of identities then answers a client that
+    /// sends no SNI with the identity naming that address, if any (see
+    /// [`ServerIdentities::resolver_for_ip`](crate::ServerIdentities::resolver_for_ip)).
+    /// Unspecified addresses (`0.0.0.0`, `::`) change nothing.
+    pub fn local_ip(mut self, ip: std::net::IpAddr) -> Self {
+        if let Some(ServedIdentities {
+            served: Served::Set(set),
+        }) = &self.served
+        {
+            if !ip.is_unspecified() {
+                self.resolver = set.resolver_for_ip(ip);
+            }
+        }
         self
     }
 
@@ -248,11 +308,11 @@ impl ServerConfigBuilder {
         self
     }
 
-    /// Start a new session cache whenever this identity rotates, so that no client resumes
-    /// (TLS 1.3 PSK, TLS 1.2 session) into a session made with the old certificate, and every
-    /// handshake after a rotation presents the new one. Costs one full handshake per client
-    /// per rotation. Without it, a client that keeps resuming keeps the session (and the view
-    /// of the certificate) it started with, which TLS allows.
+    /// With [`builder_with_resolver`](ReloadingServerConfig::builder_with_resolver): start a
+    /// new session binding whenever this identity rotates, so that no client resumes (TLS 1.3
+    /// PSK, TLS 1.2 session) into a session made with the old certificate, and every handshake
+    /// after a rotation presents the new one. Costs one full handshake per client per
+    /// rotation. [`builder`](ReloadingServerConfig::builder) does this for what it serves.
     pub fn new_sessions_on_rotation(mut self, identity: &ReloadingIdentity) -> Self {
         let identity = identity.clone();
         self.renew_on
@@ -304,11 +364,30 @@ impl ServerConfigBuilder {
 }
 
 impl ReloadingServerConfig {
-    /// Starts building a configuration serving certificates from `resolver` (e.g.
-    /// [`ReloadingIdentity::resolver`]).
-    pub fn builder(resolver: Arc<dyn ResolvesServerCert>) -> ServerConfigBuilder {
+    /// Starts building a configuration serving `identities` (`&ReloadingIdentity` or
+    /// `&ServerIdentities`); every rotation of one of them starts a new session binding.
+    pub fn builder(identities: impl Into<ServedIdentities>) -> ServerConfigBuilder {
+        let served = identities.into();
+        let mut b = match &served.served {
+            Served::One(identity) => {
+                Self::builder_with_resolver(identity.resolver()).new_sessions_on_rotation(identity)
+            }
+            Served::Set(set) => {
+                Self::builder_with_resolver(set.resolver()).new_sessions_on_rotation_of(set)
+            }
+        };
+        b.served = Some(served);
+        b
+    }
+
+    /// Starts building a configuration serving certificates from any rustls resolver (e.g. a
+    /// resolver of yours wrapping [`ReloadingIdentity::resolver`]). Rotations are then not
+    /// known to the configuration: tell it with
+    /// [`new_sessions_on_rotation`](ServerConfigBuilder::new_sessions_on_rotation).
+    pub fn builder_with_resolver(resolver: Arc<dyn ResolvesServerCert>) -> ServerConfigBuilder {
         ServerConfigBuilder {
             resolver,
+            served: None,
             trust: None,
             configure: None,
             renew_on: Vec::new(),
@@ -364,7 +443,7 @@ impl ReloadingServerConfig {
             .ok_or(rustls::Error::NoCertificatesPresented)?;
         current
             .value
-            .client_verifier()
+            .fixed_client_verifier()
             .verify_client_cert(leaf, intermediates, UnixTime::now())
             .map(|_| ())
     }
@@ -458,9 +537,9 @@ impl ClientConfigBuilder {
 
 impl ReloadingClientConfig {
     /// Starts building a client configuration trusting `trust`.
-    pub fn builder(trust: ReloadingTrust) -> ClientConfigBuilder {
+    pub fn builder(trust: &ReloadingTrust) -> ClientConfigBuilder {
         ClientConfigBuilder {
-            trust,
+            trust: trust.clone(),
             identities: Vec::new(),
             configure: None,
         }
