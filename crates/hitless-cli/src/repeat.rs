@@ -80,7 +80,7 @@ pub fn init(format: Format) {
             .name("warning-counts".into())
             .spawn(move || loop {
                 std::thread::sleep(WINDOW);
-                report(&state, false);
+                report(&state);
             });
     }
 }
@@ -88,19 +88,18 @@ pub fn init(format: Format) {
 /// Reports every repeat held back so far (the end of a run: nothing is lost).
 pub fn flush() {
     if let Some(state) = STATE.get() {
-        report(state, true);
+        report(state);
     }
 }
 
-/// Logs one line per kind with held-back repeats whose window is over (all of them if `all`).
-fn report(state: &State, all: bool) {
+/// Logs one line per kind with held-back repeats (called once a second, and at the end).
+fn report(state: &State) {
     let now = Instant::now();
     let mut lines = Vec::new();
     {
         let mut kinds = crate::lock(&state.kinds);
         kinds.retain(|_, k| {
-            let over = now.duration_since(k.logged_at) >= WINDOW;
-            if k.held > 0 && (over || all) {
+            if k.held > 0 {
                 lines.push((k.held, k.target.clone(), k.message.clone()));
                 k.held = 0;
                 // Repeats in the next second are counted again: a warning that keeps coming
