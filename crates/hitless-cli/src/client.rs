@@ -236,9 +236,7 @@ pub async fn connect_as(
     };
     let (sender, driver) = match protocol {
         Protocol::Http1 => {
-            let (sender, connection) = http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(unsent)?;
+            let (sender, connection) = http1::handshake(TokioIo::new(tls)).await.map_err(unsent)?;
             (Sender::H1(sender), tokio::spawn(connection))
         }
         Protocol::Http2 => {
@@ -246,7 +244,8 @@ pub async fn connect_as(
             if alpn.as_deref() != Some(b"h2".as_slice()) {
                 return Err(Failure::Protocol(format!(
                     "the server did not choose HTTP/2 by ALPN (it chose {})",
-                    alpn.map_or("nothing".into(), |p| String::from_utf8_lossy(&p).into_owned())
+                    alpn.map_or("nothing".into(), |p| String::from_utf8_lossy(&p)
+                        .into_owned())
                 )));
             }
             let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))

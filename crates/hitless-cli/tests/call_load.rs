@@ -94,7 +94,10 @@ fn open_loop_rate_reports_the_request_count_and_the_whole_histogram() {
         &server,
     );
     assert_eq!(summary["mode"], "open-loop", "{summary:#}");
-    assert_eq!(summary["latency_from"], "scheduled send time", "{summary:#}");
+    assert_eq!(
+        summary["latency_from"], "scheduled send time",
+        "{summary:#}"
+    );
     let requests = u64_of(&summary, "requests");
     assert!(
         (90..=100).contains(&requests),
@@ -149,7 +152,11 @@ fn a_stalled_server_shows_in_the_percentiles_measured_from_the_due_time() {
     let ran = run_bounded(cmd, b"", CALL_TIMEOUT);
     // Whatever happened, the server must run again (it is ours: killed by the guard on drop).
     let stalled = staller.join().expect("staller thread");
-    assert!(ran.success(), "hitless call failed: {ran:?}\n{}", server.log());
+    assert!(
+        ran.success(),
+        "hitless call failed: {ran:?}\n{}",
+        server.log()
+    );
     let summary: Value = serde_json::from_str(&ran.stdout).expect("JSON summary");
     let requests = u64_of(&summary, "requests");
     assert!(requests >= 100, "{summary:#}");
@@ -295,4 +302,3 @@ fn repeated_warnings_are_aggregated_per_second_with_counts() {
         .sum();
     assert_eq!(call_counted, failed, "{}", ran.stderr);
 }
-

@@ -561,9 +561,8 @@ async fn exchange(run: &Run, conn: &mut Option<Connection>) -> Result<Reply, Fai
         }
     }
     *conn = None;
-    let new = conn.insert(
-        client::connect_as(&run.target, run.configs.current(), run.protocol).await?,
-    );
+    let new =
+        conn.insert(client::connect_as(&run.target, run.configs.current(), run.protocol).await?);
     new.get(&run.target).await
 }
 

@@ -31,8 +31,8 @@ use serde_json::Value;
 
 use crate::admin::Observed;
 use crate::client::{self, Target};
-use crate::load::{ms, Latencies};
 use crate::cmd::serve::{self, Plan};
+use crate::load::{ms, Latencies};
 use crate::pki::layout::{self, Layout, Output, WriteMode};
 use crate::pki::{DevCa, Issued, Kind, LeafSpec};
 
@@ -1546,19 +1546,21 @@ fn draw(
                 "handshakes/s {:.0}   requests/s {:.0}",
                 s.rate, s.requests_rate
             )),
-            Line::from(match (
-                s.window.quantile(0.5),
-                s.window.quantile(0.99),
-                s.window.max(),
-            ) {
-                (Some(p50), Some(p99), Some(max)) => format!(
-                    "latency last second  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
-                    ms(p50),
-                    ms(p99),
-                    ms(max)
-                ),
-                _ => "latency last second  -".to_string(),
-            }),
+            Line::from(
+                match (
+                    s.window.quantile(0.5),
+                    s.window.quantile(0.99),
+                    s.window.max(),
+                ) {
+                    (Some(p50), Some(p99), Some(max)) => format!(
+                        "latency last second  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+                        ms(p50),
+                        ms(p99),
+                        ms(max)
+                    ),
+                    _ => "latency last second  -".to_string(),
+                },
+            ),
             Line::from(format!("requests ok {}", s.requests_ok)),
             Line::styled(
                 format!("failed handshakes {}", s.requests_failed),
