@@ -276,6 +276,7 @@ struct Run {
 }
 
 /// What the requests saw.
+#[derive(Default)]
 struct Tally {
     ok: u64,
     failures: BTreeMap<String, u64>,
@@ -295,24 +296,6 @@ struct Tally {
     /// Since the last progress line: successful latencies, and failures.
     second: Latencies,
     second_failed: u64,
-}
-
-impl Default for Tally {
-    fn default() -> Self {
-        Tally {
-            ok: 0,
-            failures: BTreeMap::new(),
-            handshakes: 0,
-            resumed: 0,
-            server_fingerprints: BTreeSet::new(),
-            client_serials: BTreeSet::new(),
-            latencies: Latencies::new(),
-            handshake_times: Latencies::new(),
-            waits: Latencies::new(),
-            second: Latencies::new(),
-            second_failed: 0,
-        }
-    }
 }
 
 /// The outcome of a whole run.
