@@ -437,6 +437,14 @@ impl ReloadingIdentity {
 
     common_handle_methods!(Identity);
 
+    /// The crypto provider that loads the identity's key and checks its chain (the one given
+    /// to [`IdentityBuilder::crypto_provider`], else the default one). For a rustls
+    /// configuration built by hand around [`resolver`](Self::resolver), so that the
+    /// configuration and the key agree.
+    pub fn crypto_provider(&self) -> &Arc<CryptoProvider> {
+        &self.shared.reloading.loader().rules.provider
+    }
+
     /// The rustls chain and key being served now: one atomic load and an `Arc` clone.
     pub fn certified_key(&self) -> Option<Arc<CertifiedKey>> {
         self.shared
@@ -532,8 +540,11 @@ impl ReloadingTrust {
 
     common_handle_methods!(Trust);
 
-    /// The crypto provider the trust's verifiers are built with.
-    pub(crate) fn provider(&self) -> &Arc<CryptoProvider> {
+    /// The crypto provider the trust's verifiers are built with (the one given to
+    /// [`TrustBuilder::crypto_provider`], else the default one). For a rustls configuration
+    /// built by hand around [`ReloadingServerVerifier`](crate::ReloadingServerVerifier), so
+    /// that the configuration and its verifier agree.
+    pub fn crypto_provider(&self) -> &Arc<CryptoProvider> {
         &self.shared.reloading.loader().provider
     }
 }

@@ -232,7 +232,7 @@ fn resumption_on_an_old_socket(version: &'static SupportedProtocolVersion, ticke
         .unwrap();
     // One ticketer shared by every configuration (the worst case: the same ticket keys before
     // and after the change).
-    let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().unwrap();
+    let ticketer = common::ticketer();
     let configs = ReloadingServerConfig::builder(identity.resolver())
         .client_trust(trust.clone())
         .configure(move |c| {
@@ -303,7 +303,7 @@ fn client_config_taken_before_a_revocation_neither_resumes_nor_verifies() {
     let server_ca = Ca::new_root("Server CA", KeyType::EcP256);
     let server_leaf = server_ca.issue(&LeafSpec::server("localhost"));
     let server_config = Arc::new(
-        rustls::ServerConfig::builder()
+        common::server_builder()
             .with_no_client_auth()
             .with_single_cert(server_leaf.rustls_chain(), server_leaf.rustls_key())
             .unwrap(),

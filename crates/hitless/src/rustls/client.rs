@@ -136,7 +136,7 @@ impl ServerCertVerifier for ReloadingServerVerifier {
             .unwrap_or_else(|_| {
                 // No trust loaded yet: the schemes of the provider its verifiers will use.
                 self.trust
-                    .provider()
+                    .crypto_provider()
                     .signature_verification_algorithms
                     .supported_schemes()
             })

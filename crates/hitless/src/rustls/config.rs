@@ -60,7 +60,7 @@ fn choose_provider(
 ) -> Result<Arc<CryptoProvider>, Error> {
     match (given, trust) {
         (Some(p), _) => Ok(p),
-        (None, Some(t)) => Ok(t.provider().clone()),
+        (None, Some(t)) => Ok(t.crypto_provider().clone()),
         (None, None) => default_provider(),
     }
 }
