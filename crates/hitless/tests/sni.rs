@@ -57,7 +57,7 @@ impl ServerCertVerifier for SeeAll {
 fn client(ca: &Ca, only: Option<&[SignatureScheme]>) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(ca.rustls_cert()).unwrap();
-    let inner = WebPkiServerVerifier::builder(Arc::new(roots))
+    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), common::provider())
         .build()
         .unwrap();
     let schemes = only.map_or_else(|| inner.supported_verify_schemes(), <[_]>::to_vec);

@@ -64,7 +64,9 @@ fn client(
     let mut roots = RootCertStore::empty();
     roots.add(server_ca.rustls_cert()).unwrap();
     Arc::new(
-        ClientConfig::builder_with_protocol_versions(versions)
+        ClientConfig::builder_with_provider(common::provider())
+            .with_protocol_versions(versions)
+            .unwrap()
             .with_root_certificates(roots)
             .with_client_auth_cert(leaf.rustls_chain(), leaf.rustls_key())
             .unwrap(),
