@@ -142,7 +142,7 @@ fn keytool_pkcs12_serves_handshakes() {
         // ring loads no EC PKCS#8 key without its public key, which is how keytool writes
         // them (briansmith/ring#2133): refused with the file and the reason, no panic.
         if cfg!(all(feature = "ring", not(feature = "aws-lc-rs"))) && alg == "EC" {
-            let e = built.err().expect("ring refuses keytool's EC key");
+            let e = built.expect_err("ring refuses keytool's EC key");
             let message = e.to_string();
             assert!(message.contains(&store.display().to_string()), "{message}");
             assert!(message.contains("private key"), "{message}");
