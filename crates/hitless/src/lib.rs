@@ -192,6 +192,24 @@
 //! counters and the validity of what is served; [`Status::health`] condenses it to a
 //! [`Health`] (`ok`, `degraded`, `expired`). Errors are one type, [`Error`], each variant
 //! naming the file and the reason.
+//!
+//! ## Crypto providers
+//!
+//! The crate's features choose the rustls crypto provider compiled in, as rustls and
+//! tokio-rustls do: `aws-lc-rs` (the default) or `ring` (`default-features = false, features =
+//! ["ring"]`: then nothing of aws-lc is built). Every builder ([`IdentityBuilder`],
+//! [`ServerIdentitiesBuilder`], [`TrustBuilder`], [`ServerConfigBuilder`],
+//! [`ClientConfigBuilder`]) takes an explicit provider with `crypto_provider(..)`; without
+//! one, the provider is the process default if one is installed
+//! (`rustls::crypto::CryptoProvider::install_default`), else the one compiled in (aws-lc-rs when
+//! both features are on), and with neither, building fails with [`Error::NoCryptoProvider`]:
+//! never a silent fallback, and never rustls's panic when both providers are compiled in and
+//! none is installed. A configuration ([`ReloadingServerConfig`], [`ReloadingClientConfig`])
+//! takes, unless given its own, the provider of the trust it follows, so configuration and
+//! verifier agree; give the identities the same provider (or install one process default and
+//! give none). A rustls configuration built by hand can take the provider of its credentials
+//! with [`ReloadingIdentity::crypto_provider`] or [`ReloadingTrust::crypto_provider`] and
+//! `builder_with_provider`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -307,14 +307,17 @@ pub(crate) struct TrustLoader {
 }
 
 impl TrustLoader {
-    pub(crate) fn new(source: TrustSource, provider: Option<Arc<CryptoProvider>>) -> Self {
-        TrustLoader {
+    pub(crate) fn new(
+        source: TrustSource,
+        provider: Option<Arc<CryptoProvider>>,
+    ) -> Result<Self, Error> {
+        Ok(TrustLoader {
             source,
-            provider: provider.unwrap_or_else(default_provider),
+            provider: provider.map_or_else(default_provider, Ok)?,
             warned_run_together: Default::default(),
             in_force: Mutex::default(),
             warned_unverified: Mutex::default(),
-        }
+        })
     }
 
     fn note(&self, path: &Path, run_together: bool) {

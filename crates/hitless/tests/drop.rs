@@ -4,6 +4,8 @@
 //! Alone in its test binary because it counts the threads of the process (`/proc/self/task`).
 //! The two tests take turns (a lock), and the count leaves out the test harness's own threads.
 
+mod common;
+
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -167,12 +169,12 @@ fn dropped_handles_leave_no_thread_behind() {
             .unwrap();
         // Resolvers and configurations hold the handles too: make some and use them.
         let by_sni = Arc::new(
-            ServerConfig::builder()
+            common::server_builder()
                 .with_no_client_auth()
                 .with_cert_resolver(set.resolver()),
         );
         let polled_config = Arc::new(
-            ServerConfig::builder()
+            common::server_builder()
                 .with_no_client_auth()
                 .with_cert_resolver(polled.resolver()),
         );

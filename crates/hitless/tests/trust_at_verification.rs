@@ -76,7 +76,9 @@ fn client(
     let mut roots = RootCertStore::empty();
     roots.add(server_ca.rustls_cert()).unwrap();
     Arc::new(
-        ClientConfig::builder_with_protocol_versions(&[version])
+        ClientConfig::builder_with_provider(common::provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
             .with_root_certificates(roots)
             .with_client_auth_cert(leaf.rustls_chain(), leaf.rustls_key())
             .unwrap(),
@@ -232,7 +234,7 @@ fn resumption_on_an_old_socket(version: &'static SupportedProtocolVersion, ticke
         .unwrap();
     // One ticketer shared by every configuration (the worst case: the same ticket keys before
     // and after the change).
-    let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().unwrap();
+    let ticketer = common::ticketer();
     let configs = ReloadingServerConfig::builder(&identity)
         .client_trust(&trust)
         .configure(move |c| {
@@ -303,7 +305,7 @@ fn client_config_taken_before_a_revocation_neither_resumes_nor_verifies() {
     let server_ca = Ca::new_root("Server CA", KeyType::EcP256);
     let server_leaf = server_ca.issue(&LeafSpec::server("localhost"));
     let server_config = Arc::new(
-        rustls::ServerConfig::builder()
+        common::server_builder()
             .with_no_client_auth()
             .with_single_cert(server_leaf.rustls_chain(), server_leaf.rustls_key())
             .unwrap(),

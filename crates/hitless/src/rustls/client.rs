@@ -134,7 +134,9 @@ impl ServerCertVerifier for ReloadingServerVerifier {
         self.inner()
             .map(|v| v.supported_verify_schemes())
             .unwrap_or_else(|_| {
-                crate::identity::default_provider()
+                // No trust loaded yet: the schemes of the provider its verifiers will use.
+                self.trust
+                    .crypto_provider()
                     .signature_verification_algorithms
                     .supported_schemes()
             })

@@ -19,17 +19,25 @@
 //!
 //! The configuration follows the trust from the moment it is built: it subscribes to trust
 //! events and then checks once more for a reload that landed in between.
+//!
+//! Every configuration is built with `builder_with_provider`, never with rustls's process-wide
+//! lookup (which panics when both of rustls's providers are compiled in and none is
+//! installed). The provider: the one given to the builder's `crypto_provider`, else the one the
+//! trust was built with, else the default (the process default if installed, else the one
+//! compiled in by feature).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
 use rustls::client::{ClientSessionMemoryCache, Resumption};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::ResolvesServerCert;
-use rustls::{ClientConfig, ServerConfig};
+use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
 
 use crate::credential::{ReloadingIdentity, ReloadingTrust};
+use crate::identity::default_provider;
 use crate::rustls::client::{ClientIdentityResolver, ReloadingServerVerifier};
 use crate::rustls::sessions::{Binding, BoundClientSessions, BoundServerSessions, BoundTickets};
 use crate::rustls::verify::ClientVerifierAtHandshake;
@@ -42,6 +50,20 @@ type TrustCallback = Arc<dyn Fn(u64) + Send + Sync>;
 type ConfigCallback<C> = Arc<dyn Fn(&Arc<C>) + Send + Sync>;
 /// Builds a configuration for the current trust.
 type Build<C> = Box<dyn Fn(&BuildContext<'_>) -> Result<C, Error> + Send + Sync>;
+type Versions = &'static [&'static SupportedProtocolVersion];
+
+/// The provider a configuration is built with: the one given to its builder, else the trust's,
+/// else the default one.
+fn choose_provider(
+    given: Option<Arc<CryptoProvider>>,
+    trust: Option<&ReloadingTrust>,
+) -> Result<Arc<CryptoProvider>, Error> {
+    match (given, trust) {
+        (Some(p), _) => Ok(p),
+        (None, Some(t)) => Ok(t.crypto_provider().clone()),
+        (None, None) => default_provider(),
+    }
+}
 
 /// What one configuration is built from.
 struct BuildContext<'a> {
@@ -274,6 +296,8 @@ pub struct ServerConfigBuilder {
     resolver: Arc<dyn ResolvesServerCert>,
     served: Option<ServedIdentities>,
     trust: Option<ReloadingTrust>,
+    provider: Option<Arc<CryptoProvider>>,
+    versions: Versions,
     configure: Option<Configure<ServerConfig>>,
     renew_on: Vec<Box<dyn FnOnce(crate::EventCallback) + Send>>,
 }
@@ -302,9 +326,31 @@ impl ServerConfigBuilder {
         self
     }
 
-    /// Adjusts every built configuration (ALPN, protocol versions, ticketer, ...).
+    /// Adjusts every built configuration (ALPN, ticketer, session cache, ...).
     pub fn configure(mut self, f: impl Fn(&mut ServerConfig) + Send + Sync + 'static) -> Self {
         self.configure = Some(Arc::new(f));
+        self
+    }
+
+    /// The rustls crypto provider of every built configuration: cipher suites, key exchange
+    /// groups, signature verification. Default: the provider of the
+    /// [`client_trust`](Self::client_trust) (see
+    /// [`TrustBuilder::crypto_provider`](crate::TrustBuilder::crypto_provider)); without client
+    /// trust, the process default if one is installed, else the one compiled in by the crate's
+    /// features (aws-lc-rs, else ring), else [`Error::NoCryptoProvider`]. Give the identity
+    /// ([`IdentityBuilder::crypto_provider`](crate::IdentityBuilder::crypto_provider)) the same
+    /// provider, so that its key is loaded by it too.
+    pub fn crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+
+    /// The TLS versions offered (default: [`rustls::DEFAULT_VERSIONS`], TLS 1.3 and 1.2).
+    pub fn protocol_versions(
+        mut self,
+        versions: &'static [&'static SupportedProtocolVersion],
+    ) -> Self {
+        self.versions = versions;
         self
     }
 
@@ -334,8 +380,12 @@ impl ServerConfigBuilder {
         let renew_on = self.renew_on;
         let resolver = self.resolver;
         let configure = self.configure;
+        let provider = choose_provider(self.provider, self.trust.as_ref())?;
+        let versions = self.versions;
         let build: Build<ServerConfig> = Box::new(move |context: &BuildContext<'_>| {
-            let builder = ServerConfig::builder();
+            let builder = ServerConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .map_err(|source| Error::CryptoProvider { source })?;
             let mut config = match context.trust {
                 // The verdict is taken from the trust current when the certificate is
                 // verified, not from `snapshot` (see `verify.rs`).
@@ -389,6 +439,8 @@ impl ReloadingServerConfig {
             resolver,
             served: None,
             trust: None,
+            provider: None,
+            versions: rustls::DEFAULT_VERSIONS,
             configure: None,
             renew_on: Vec::new(),
         }
@@ -474,6 +526,8 @@ impl std::fmt::Debug for ReloadingClientConfig {
 pub struct ClientConfigBuilder {
     trust: ReloadingTrust,
     identities: Vec<ReloadingIdentity>,
+    provider: Option<Arc<CryptoProvider>>,
+    versions: Versions,
     configure: Option<Configure<ClientConfig>>,
 }
 
@@ -491,12 +545,33 @@ impl ClientConfigBuilder {
         self
     }
 
+    /// The rustls crypto provider of every built configuration: cipher suites, key exchange
+    /// groups, signature verification. Default: the provider of the trust (see
+    /// [`TrustBuilder::crypto_provider`](crate::TrustBuilder::crypto_provider), whose own
+    /// default is the process default if one is installed, else the one compiled in by the
+    /// crate's features). Give the client identities the same provider.
+    pub fn crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+
+    /// The TLS versions offered (default: [`rustls::DEFAULT_VERSIONS`], TLS 1.3 and 1.2).
+    pub fn protocol_versions(
+        mut self,
+        versions: &'static [&'static SupportedProtocolVersion],
+    ) -> Self {
+        self.versions = versions;
+        self
+    }
+
     /// Builds the first configuration and follows trust changes.
     pub fn build(self) -> Result<ReloadingClientConfig, Error> {
         let identities = self.identities.clone();
         let resolver = (!self.identities.is_empty())
             .then(|| Arc::new(ClientIdentityResolver::new(self.identities)));
         let configure = self.configure;
+        let provider = choose_provider(self.provider, Some(&self.trust))?;
+        let versions = self.versions;
         let build: Build<ClientConfig> = Box::new(move |context: &BuildContext<'_>| {
             let Some((handle, _)) = context.trust else {
                 return Err(Error::NotLoaded {
@@ -505,7 +580,9 @@ impl ClientConfigBuilder {
             };
             // The verdict on the server's certificate is taken from the trust current when it
             // is verified.
-            let builder = ClientConfig::builder()
+            let builder = ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .map_err(|source| Error::CryptoProvider { source })?
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(ReloadingServerVerifier::new(
                     handle.clone(),
@@ -541,6 +618,8 @@ impl ReloadingClientConfig {
         ClientConfigBuilder {
             trust: trust.clone(),
             identities: Vec::new(),
+            provider: None,
+            versions: rustls::DEFAULT_VERSIONS,
             configure: None,
         }
     }
