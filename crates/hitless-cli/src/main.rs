@@ -61,6 +61,9 @@ pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn main() -> ExitCode {
+    // The command's crypto: aws-lc-rs, installed process-wide so that every rustls builder in
+    // it (and in the library) agrees, whatever other providers a build happens to compile in.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     // The demo's live view owns the terminal: it sends the log to a file itself.
     let demo_tui = matches!(&cli.command, Command::Demo(args) if args.uses_tui());
