@@ -50,7 +50,11 @@ impl Args {
             let value = args.next().ok_or_else(|| format!("{a} needs a value"))?;
             match a.as_str() {
                 "--listen" => {
-                    listen = Some(value.parse().map_err(|e| format!("--listen {value}: {e}"))?)
+                    listen = Some(
+                        value
+                            .parse()
+                            .map_err(|e| format!("--listen {value}: {e}"))?,
+                    )
                 }
                 "--cert" => cert = Some(PathBuf::from(value)),
                 "--key" => key = Some(PathBuf::from(value)),
@@ -138,7 +142,8 @@ async fn serve(listen: SocketAddr, config: Arc<ServerConfig>) -> Result<(), Stri
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
             else {
                 return;
             };

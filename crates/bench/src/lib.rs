@@ -113,6 +113,12 @@ pub struct Settings {
     pub req_change_every: Duration,
     /// Target for resumed / full handshakes per second through `hitless serve`.
     pub req_resume_goal: f64,
+    /// Count instructions per request under callgrind (when valgrind is installed).
+    pub req_instr: bool,
+    /// Durations of the short and the long run under callgrind.
+    pub req_instr_runs: (Duration, Duration),
+    /// Where to keep the callgrind output files (default: the run's temporary directory).
+    pub req_callgrind_dir: Option<PathBuf>,
     /// A missing `hitless` binary is a problem (the part was asked for by name), not a skip.
     pub req_required: bool,
     /// The `hitless` binary (default: next to this executable).
@@ -156,6 +162,9 @@ impl Settings {
             req_safety: Duration::from_secs(3),
             req_change_every: Duration::from_millis(150),
             req_resume_goal: 2.0,
+            req_instr: true,
+            req_instr_runs: (Duration::from_secs(2), Duration::from_secs(6)),
+            req_callgrind_dir: None,
             req_required: false,
             hitless_exe: None,
             bench_exe: None,
@@ -181,6 +190,7 @@ impl Settings {
             scale_changes: 20,
             req_rounds: 3,
             req_slot: Duration::from_millis(400),
+            req_instr: false,
             req_key_types: vec![KeyType::EcP256],
             req_safety: Duration::from_millis(1500),
             ..Settings::full()
@@ -213,6 +223,7 @@ impl Settings {
             req_key_types: vec![KeyType::EcP256],
             req_go: false,
             req_nginx: false,
+            req_instr: false,
             req_safety: Duration::from_millis(1500),
             req_required: true,
             ..Settings::full()

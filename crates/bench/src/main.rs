@@ -47,6 +47,9 @@ options:
               the hitless binary for part 9 (default: `hitless` next to this executable)
   --concurrency N
               load-generator workers in part 9 (default 8)
+  --callgrind-out DIR
+              part 9: keep the callgrind profiles of the instructions-per-request runs in DIR
+              (for callgrind_annotate); also counts instructions in a --quick run
   --op NAME [--iters N] [--key p256|rsa2048]
               run one operation N times, for instruction counts under
               valgrind --tool=callgrind (see docs/PERFORMANCE.md): NAME is static-key,
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
     let mut key = hitless_test_pki::KeyType::EcP256;
     let mut hitless_exe = None;
     let mut concurrency = None;
+    let mut callgrind_dir = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -107,6 +111,10 @@ fn main() -> ExitCode {
             "--hitless" => match args.next() {
                 Some(p) => hitless_exe = Some(std::path::PathBuf::from(p)),
                 None => return usage("--hitless needs a path"),
+            },
+            "--callgrind-out" => match args.next() {
+                Some(p) => callgrind_dir = Some(std::path::PathBuf::from(p)),
+                None => return usage("--callgrind-out needs a directory"),
             },
             "--concurrency" => match args.next().and_then(|n| n.parse::<usize>().ok()) {
                 Some(n) if (1..=256).contains(&n) => concurrency = Some(n),
@@ -162,6 +170,10 @@ fn main() -> ExitCode {
         settings.tcp_rounds = r.div_ceil(2);
     }
     settings.hitless_exe = hitless_exe;
+    if callgrind_dir.is_some() {
+        settings.req_instr = true;
+        settings.req_callgrind_dir = callgrind_dir;
+    }
     if let Some(c) = concurrency {
         settings.req_concurrency = c;
     }

@@ -36,7 +36,8 @@ pub fn guarded_command(program: &Path) -> Command {
     }
 }
 
-/// A running server process. Dropping it stops it: SIGTERM, up to 3 s to exit, then SIGKILL;
+/// A running server process. Dropping it stops it: SIGTERM, up to 3 s to exit (under valgrind
+/// longer), then SIGKILL;
 /// child processes it had (nginx workers) are sent SIGKILL if they are still there.
 pub struct Proc {
     /// What it is, for messages.
@@ -48,6 +49,8 @@ pub struct Proc {
     pub log: PathBuf,
     /// Where it accepts connections.
     pub addr: SocketAddr,
+    /// How long it may take to exit after SIGTERM before it is killed.
+    pub grace: Duration,
 }
 
 impl Proc {
@@ -56,9 +59,21 @@ impl Proc {
     /// accepts TCP connections, up to 30 s.
     pub fn start(
         name: &str,
+        command: Command,
+        addr: SocketAddr,
+        log: PathBuf,
+    ) -> Result<Proc, String> {
+        Proc::start_within(name, command, addr, log, Duration::from_secs(30))
+    }
+
+    /// [`Proc::start`], waiting up to `timeout` for it to listen (and as long for it to exit
+    /// when stopped: a process under valgrind is slow at both).
+    pub fn start_within(
+        name: &str,
         mut command: Command,
         addr: SocketAddr,
         log: PathBuf,
+        timeout: Duration,
     ) -> Result<Proc, String> {
         let err = fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let child = command
@@ -73,8 +88,13 @@ impl Proc {
             child: Some(child),
             log,
             addr,
+            grace: if timeout > Duration::from_secs(30) {
+                timeout / 2
+            } else {
+                Duration::from_secs(3)
+            },
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(c) = p.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
@@ -89,7 +109,8 @@ impl Proc {
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "{name} did not listen on {addr} within 30 s: {}",
+                    "{name} did not listen on {addr} within {} s: {}",
+                    timeout.as_secs(),
                     p.log_tail()
                 ));
             }
@@ -103,6 +124,9 @@ impl Proc {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(5)..].join(" | ")
     }
+
+    /// Stops it (as dropping it does) and returns once it has exited.
+    pub fn stop(self) {}
 
     /// Whether it is still running.
     pub fn alive(&mut self) -> bool {
@@ -130,7 +154,7 @@ impl Drop for Proc {
             .args(["-TERM", &self.pid.to_string()])
             .stderr(Stdio::null())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(3);
+        let deadline = Instant::now() + self.grace;
         while Instant::now() < deadline {
             if matches!(child.try_wait(), Ok(Some(_))) {
                 break;
@@ -185,15 +209,13 @@ pub fn children(pid: u32) -> Vec<u32> {
 /// /proc/PID/task/*/schedstat (nanosecond resolution), or, if that is unavailable,
 /// utime + stime from /proc/PID/stat (10 ms ticks; counts exited threads too).
 pub fn process_cpu_ns(pid: u32) -> u64 {
-    let from_tasks: Option<u64> = fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()
-        .map(|tasks| {
-            tasks
-                .flatten()
-                .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
-                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                .sum()
-        });
+    let from_tasks: Option<u64> = fs::read_dir(format!("/proc/{pid}/task")).ok().map(|tasks| {
+        tasks
+            .flatten()
+            .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    });
     match from_tasks {
         Some(ns) if ns > 0 => ns,
         _ => stat(pid).map_or(0, |(_, ticks)| ticks * 10_000_000),

@@ -200,7 +200,9 @@ impl Tools {
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .map_or("?".to_string(), |d| format!("{:.0} min", d.as_secs_f64() / 60.0));
+            .map_or("?".to_string(), |d| {
+                format!("{:.0} min", d.as_secs_f64() / 60.0)
+            });
         notes.push(format!(
             "hitless binary: {} (built {age} ago)",
             hitless.display()
@@ -228,8 +230,9 @@ impl Tools {
                     notes.push(format!("nginx: {}", tool_version(&n, "-v")));
                     nginx = Some(n);
                 }
-                None => notes
-                    .push("SKIPPED nginx: not installed (apt-get install nginx)".to_string()),
+                None => {
+                    notes.push("SKIPPED nginx: not installed (apt-get install nginx)".to_string())
+                }
             }
         }
         Ok(Tools {
@@ -257,8 +260,66 @@ struct Files {
     trusts: [Vec<u8>; 2],
 }
 
+/// A program and its arguments.
+type Argv = (PathBuf, Vec<std::ffi::OsString>);
+
+/// The static baseline's command line.
+fn baseline_argv(tools: &Tools, files: &Files, addr: SocketAddr) -> Argv {
+    let args = [
+        "serve-baseline".as_ref(),
+        "--listen".as_ref(),
+        addr.to_string().as_ref(),
+        "--cert".as_ref(),
+        files.chain.as_os_str(),
+        "--key".as_ref(),
+        files.key.as_os_str(),
+        "--client-ca".as_ref(),
+        files.client_ca_static.as_os_str(),
+    ]
+    .map(|a: &std::ffi::OsStr| a.to_os_string());
+    (tools.bench.clone(), args.to_vec())
+}
+
+/// `hitless serve`'s command line: one watched bundle, one watched client CA file.
+fn hitless_argv(tools: &Tools, pki: &Pki, addr: SocketAddr, admin: SocketAddr) -> Argv {
+    let args = [
+        "serve".as_ref(),
+        "--listen".as_ref(),
+        addr.to_string().as_ref(),
+        "--identity".as_ref(),
+        pki.bundle_path.as_os_str(),
+        "--client-ca".as_ref(),
+        pki.client_ca_path.as_os_str(),
+        "--admin-listen".as_ref(),
+        admin.to_string().as_ref(),
+        "--shutdown-timeout".as_ref(),
+        "1s".as_ref(),
+    ]
+    .map(|a: &std::ffi::OsStr| a.to_os_string());
+    (tools.hitless.clone(), args.to_vec())
+}
+
+/// The command for `argv`, under `valgrind --tool=callgrind` writing to `callgrind.1` when
+/// given `(valgrind, output file)`.
+fn command(callgrind: Option<(&Path, &Path)>, (program, args): Argv) -> Command {
+    let mut c = match callgrind {
+        None => guarded_command(&program),
+        Some((valgrind, out)) => {
+            let mut c = guarded_command(valgrind);
+            c.arg("--tool=callgrind")
+                .arg(format!("--callgrind-out-file={}", out.display()))
+                .arg(&program);
+            c
+        }
+    };
+    c.args(args).env_remove("RUST_LOG");
+    c
+}
+
 /// One server key type's servers, running for the whole of its measurements.
 struct Bed {
+    /// Where the run's files and logs are.
+    dir: PathBuf,
     rotator: Rotator,
     baseline: Proc,
     hitless: Proc,
@@ -306,33 +367,12 @@ impl Bed {
         let log = |n: &str| dir.join(format!("{n}.log"));
 
         let addr = procs::free_port()?;
-        let mut c = guarded_command(&tools.bench);
-        c.arg("serve-baseline")
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--cert")
-            .arg(&files.chain)
-            .arg("--key")
-            .arg(&files.key)
-            .arg("--client-ca")
-            .arg(&files.client_ca_static);
+        let c = command(None, baseline_argv(tools, &files, addr));
         let baseline = Proc::start("static baseline", c, addr, log("baseline"))?;
 
         let addr = procs::free_port()?;
         let admin = procs::free_port()?;
-        let mut c = guarded_command(&tools.hitless);
-        c.arg("serve")
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--identity")
-            .arg(&pki.bundle_path)
-            .arg("--client-ca")
-            .arg(&pki.client_ca_path)
-            .arg("--admin-listen")
-            .arg(admin.to_string())
-            .arg("--shutdown-timeout")
-            .arg("1s")
-            .env_remove("RUST_LOG");
+        let c = command(None, hitless_argv(tools, &pki, addr, admin));
         let hitless = Proc::start("hitless serve", c, addr, log("hitless"))?;
 
         let go = match &tools.seed {
@@ -377,6 +417,7 @@ impl Bed {
             }
         };
         Ok(Bed {
+            dir,
             rotator,
             baseline,
             hitless,
@@ -401,7 +442,7 @@ impl Bed {
     fn load(
         &self,
         tools: &Tools,
-        settings: &Settings,
+        concurrency: usize,
         mode: Mode,
         addr: SocketAddr,
         duration: Duration,
@@ -413,7 +454,7 @@ impl Bed {
                 &self.files,
                 go_mode,
                 addr,
-                settings.req_concurrency,
+                concurrency,
                 duration,
                 Duration::ZERO,
                 events,
@@ -423,7 +464,7 @@ impl Bed {
                 addr,
                 &self.pki,
                 Resume::Tls12SessionIds,
-                settings.req_concurrency,
+                concurrency,
                 duration,
                 Duration::ZERO,
                 events,
@@ -444,7 +485,14 @@ impl Bed {
             .ok_or_else(|| format!("{} is not running", server.name()))?;
         self.rotator.set_active(server == Server::Rotating);
         let cpu = proc.cpu_ns();
-        let run = self.load(tools, settings, mode, proc.addr, settings.req_slot, false);
+        let run = self.load(
+            tools,
+            settings.req_concurrency,
+            mode,
+            proc.addr,
+            settings.req_slot,
+            false,
+        );
         let cpu = proc.cpu_ns().saturating_sub(cpu);
         self.rotator.set_active(false);
         Ok((run?, cpu))
@@ -452,12 +500,21 @@ impl Bed {
 
     fn alive(&mut self) -> Vec<String> {
         let mut dead = Vec::new();
-        for p in [Some(&mut self.baseline), Some(&mut self.hitless), self.go.as_mut(), self.nginx.as_mut()]
-            .into_iter()
-            .flatten()
+        for p in [
+            Some(&mut self.baseline),
+            Some(&mut self.hitless),
+            self.go.as_mut(),
+            self.nginx.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
         {
             if !p.alive() {
-                dead.push(format!("{} exited during the run: {}", p.name, p.log_tail()));
+                dead.push(format!(
+                    "{} exited during the run: {}",
+                    p.name,
+                    p.log_tail()
+                ));
             }
         }
         dead
@@ -500,7 +557,9 @@ fn run_go(
     if !pace.is_zero() {
         c.arg("-pace").arg(format!("{}us", pace.as_micros()));
     }
-    let mut child = c.spawn().map_err(|e| format!("start {}: {e}", loadgen.display()))?;
+    let mut child = c
+        .spawn()
+        .map_err(|e| format!("start {}: {e}", loadgen.display()))?;
     let mut out = child.stdout.take().ok_or("no stdout")?;
     let mut err = child.stderr.take().ok_or("no stderr")?;
     let reader = std::thread::spawn(move || {
@@ -607,7 +666,9 @@ impl ModeResult {
     /// hitless / `s`, median of per-round ratios.
     fn hitless_over(&self, s: Server) -> Option<f64> {
         let i = self.servers.iter().position(|x| *x == s)?;
-        self.results[i].measured.then(|| median(&self.vs_hitless[i]))
+        self.results[i]
+            .measured
+            .then(|| median(&self.vs_hitless[i]))
     }
 }
 
@@ -628,11 +689,18 @@ fn measure_mode(
             servers.push(Server::Nginx);
         }
     }
-    let written_before = bed.rotator.written.load(std::sync::atomic::Ordering::Relaxed);
+    let written_before = bed
+        .rotator
+        .written
+        .load(std::sync::atomic::Ordering::Relaxed);
     let slots = interleave(servers.len(), settings.req_rounds, |v| {
         bed.slot(tools, settings, mode, servers[v])
     });
-    let written = bed.rotator.written.load(std::sync::atomic::Ordering::Relaxed) - written_before;
+    let written = bed
+        .rotator
+        .written
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - written_before;
     let rps_of = |r: &Result<(Run, u64), String>| match r {
         Ok((run, _)) if run.elapsed_s > 0.0 => run.requests as f64 / run.elapsed_s,
         _ => 0.0,
@@ -670,12 +738,18 @@ fn measure_mode(
                     }
                     for (v, n) in &run.versions {
                         if v != mode.version() {
-                            problems.push(format!("{what}: {n} requests over {v}, expected {}", mode.version()));
+                            problems.push(format!(
+                                "{what}: {n} requests over {v}, expected {}",
+                                mode.version()
+                            ));
                         }
                     }
                     for (p, n) in &run.protocols {
                         if p != mode.protocol() {
-                            problems.push(format!("{what}: {n} requests over {p}, expected {}", mode.protocol()));
+                            problems.push(format!(
+                                "{what}: {n} requests over {p}, expected {}",
+                                mode.protocol()
+                            ));
                         }
                     }
                     if run.requests == 0 {
@@ -700,7 +774,10 @@ fn measure_mode(
     // Rotations really happened under load, and clients saw new leaves (a full handshake per
     // request shows the leaf of the moment).
     if written == 0 {
-        problems.push(format!("requests {kt} {}: no rotation written", mode.name()));
+        problems.push(format!(
+            "requests {kt} {}: no rotation written",
+            mode.name()
+        ));
     } else if mode == Mode::New && settings.req_slot >= Duration::from_millis(250) {
         let rot = &results[2];
         if rot.leaves < 2 {
@@ -1031,6 +1108,138 @@ fn check_sessions(events: &[Event], changes: &[Change]) -> (u64, u64, Vec<String
     (checked, violations, details)
 }
 
+/// Instructions per request under callgrind, the static baseline against hitless serve.
+#[derive(Debug, Clone)]
+pub struct InstrResult {
+    /// The mode.
+    pub mode: Mode,
+    /// Instructions the static baseline executed per request.
+    pub static_per_request: f64,
+    /// Instructions hitless serve executed per request.
+    pub hitless_per_request: f64,
+}
+
+/// The modes counted under callgrind.
+const INSTR_MODES: [Mode; 4] = [Mode::New, Mode::H1, Mode::Resume13, Mode::Resume12Ids];
+
+/// The total instruction count of a callgrind output file.
+fn callgrind_totals(path: &Path) -> Option<u64> {
+    let text = fs::read_to_string(path).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("totals:"))
+        .or_else(|| text.lines().find(|l| l.starts_with("summary:")))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Starts `server` under callgrind, sends it requests of `mode` from one worker for
+/// `duration`, stops it; returns (instructions of the whole process life, requests).
+fn instr_run(
+    bed: &Bed,
+    tools: &Tools,
+    valgrind: &Path,
+    out_dir: &Path,
+    server: Server,
+    mode: Mode,
+    duration: Duration,
+) -> Result<(u64, u64), String> {
+    let tag = format!(
+        "{}-{}-{}-{}",
+        key_type_name(bed.pki.key_type),
+        server.name(),
+        mode.name(),
+        duration.as_millis()
+    );
+    let out = out_dir.join(format!("callgrind-{tag}.out"));
+    let addr = procs::free_port()?;
+    let argv = match server {
+        Server::Static => baseline_argv(tools, &bed.files, addr),
+        _ => hitless_argv(tools, &bed.pki, addr, procs::free_port()?),
+    };
+    let p = Proc::start_within(
+        &format!("{} under callgrind", server.label()),
+        command(Some((valgrind, &out)), argv),
+        addr,
+        bed.dir.join(format!("callgrind-{tag}.log")),
+        Duration::from_secs(120),
+    )?;
+    let run = bed.load(tools, 1, mode, addr, duration, false);
+    p.stop();
+    let run = run?;
+    if run.errors > 0 {
+        return Err(format!(
+            "{} failed requests under callgrind, e.g. {:?}",
+            run.errors, run.first_errors
+        ));
+    }
+    let total =
+        callgrind_totals(&out).ok_or_else(|| format!("{}: no instruction total", out.display()))?;
+    Ok((total, run.requests))
+}
+
+/// Instructions per request of the static baseline and of hitless serve, for each mode of
+/// [`INSTR_MODES`]: each server runs twice under callgrind (`req_instr_runs`: a short and a
+/// long load), and the difference of the totals divided by the difference of the requests is
+/// the cost of one request, start-up and warm-up cancelled out. One worker, so requests do not
+/// queue behind valgrind's serialised threads.
+fn measure_instr(
+    bed: &Bed,
+    tools: &Tools,
+    settings: &Settings,
+    problems: &mut Vec<String>,
+) -> Vec<InstrResult> {
+    let Some(valgrind) = procs::which("valgrind") else {
+        return Vec::new();
+    };
+    let (short, long) = settings.req_instr_runs;
+    let out_dir = settings.req_callgrind_dir.as_deref().unwrap_or(&bed.dir);
+    if let Err(e) = fs::create_dir_all(out_dir) {
+        problems.push(format!("{}: {e}", out_dir.display()));
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for mode in INSTR_MODES {
+        if mode.go().is_some() && tools.loadgen.is_none() {
+            continue;
+        }
+        eprintln!(
+            "[hitless-bench] requests: {} {} under callgrind",
+            key_type_name(bed.pki.key_type),
+            mode.name()
+        );
+        let mut per = Vec::new();
+        for server in [Server::Static, Server::Hitless] {
+            let a = instr_run(bed, tools, &valgrind, out_dir, server, mode, short);
+            let b = instr_run(bed, tools, &valgrind, out_dir, server, mode, long);
+            match (a, b) {
+                (Ok((ia, na)), Ok((ib, nb))) if nb > na && ib > ia => {
+                    per.push((ib - ia) as f64 / (nb - na) as f64);
+                }
+                (Err(e), _) | (_, Err(e)) => problems.push(format!(
+                    "requests {} {} {} under callgrind: {e}",
+                    key_type_name(bed.pki.key_type),
+                    mode.name(),
+                    server.name()
+                )),
+                (Ok(a), Ok(b)) => problems.push(format!(
+                    "requests {} {} {} under callgrind: the longer run did not count more ({a:?} then {b:?})",
+                    key_type_name(bed.pki.key_type),
+                    mode.name(),
+                    server.name()
+                )),
+            }
+        }
+        if let [s, h] = per[..] {
+            out.push(InstrResult {
+                mode,
+                static_per_request: s,
+                hitless_per_request: h,
+            });
+        }
+    }
+    out
+}
+
 /// All figures for one key type.
 pub struct KeyRun {
     /// Key type name.
@@ -1039,6 +1248,8 @@ pub struct KeyRun {
     pub modes: Vec<ModeResult>,
     /// The safety check (first key type only).
     pub safety: Vec<Safety>,
+    /// Instructions per request (first key type only, when valgrind is installed).
+    pub instr: Vec<InstrResult>,
 }
 
 /// Runs part 9.
@@ -1071,14 +1282,26 @@ pub fn run(settings: &Settings) -> Outcome {
             }
         };
         // Warm every server (first connections, lazy initialisation), not measured.
-        for s in [Server::Static, Server::Hitless, Server::GoStat, Server::Nginx] {
+        for s in [
+            Server::Static,
+            Server::Hitless,
+            Server::GoStat,
+            Server::Nginx,
+        ] {
             if let Some(p) = bed.server(s) {
                 let mode = if tools.loadgen.is_some() {
                     Mode::New
                 } else {
                     Mode::Resume12Ids
                 };
-                let _ = bed.load(&tools, settings, mode, p.addr, Duration::from_millis(200), false);
+                let _ = bed.load(
+                    &tools,
+                    settings.req_concurrency,
+                    mode,
+                    p.addr,
+                    Duration::from_millis(200),
+                    false,
+                );
             }
         }
         let mut modes = Vec::new();
@@ -1086,10 +1309,18 @@ pub fn run(settings: &Settings) -> Outcome {
             if mode.go().is_some() && tools.loadgen.is_none() {
                 continue;
             }
-            eprintln!("[hitless-bench] requests: {} {}", key_type_name(kt), mode.name());
+            eprintln!(
+                "[hitless-bench] requests: {} {}",
+                key_type_name(kt),
+                mode.name()
+            );
             modes.push(measure_mode(&bed, &tools, settings, mode, &mut problems));
         }
         let mut safeties = Vec::new();
+        let mut instr = Vec::new();
+        if k == 0 && settings.req_instr {
+            instr = measure_instr(&bed, &tools, settings, &mut problems);
+        }
         if k == 0 {
             let mut clients = vec!["rustls-tls12-session-ids", "rustls-tls13-tickets"];
             if tools.loadgen.is_some() {
@@ -1105,6 +1336,7 @@ pub fn run(settings: &Settings) -> Outcome {
             key_type: key_type_name(kt),
             modes,
             safety: safeties,
+            instr,
         });
     }
     report(settings, &tools, &runs, problems)
@@ -1155,7 +1387,11 @@ fn report(settings: &Settings, tools: &Tools, runs: &[KeyRun], problems: Vec<Str
             let mut json_servers = Vec::new();
             for (s, r) in m.servers.iter().zip(&m.results) {
                 let (lo, hi) = crate::common::min_max(&r.rps);
-                let cpu_ratio = if base_cpu > 0.0 { r.cpu_us / base_cpu } else { 0.0 };
+                let cpu_ratio = if base_cpu > 0.0 {
+                    r.cpu_us / base_cpu
+                } else {
+                    0.0
+                };
                 let _ = writeln!(
                     t,
                     "     {:<38} {:>8} {:>17} {:>8.3} {:>7.2} {:>7.2} {:>8.1} {:>9.0} {:>8.3} {:>7.0}%",
@@ -1188,6 +1424,19 @@ fn report(settings: &Settings, tools: &Tools, runs: &[KeyRun], problems: Vec<Str
                         r.ratio_median(),
                         0.98,
                     ));
+                    // The same target on the server's CPU per request (1 / 0.98): steadier
+                    // than requests/s on a shared machine, where the share of CPU a slot gets
+                    // varies.
+                    targets.push(Target::at_most(
+                        format!(
+                            "requests {kt} {} {}/static server CPU per request",
+                            m.mode.name(),
+                            s.name()
+                        ),
+                        cpu_ratio,
+                        1.02,
+                        "x",
+                    ));
                 }
             }
             json_modes.push(json!({ "mode": m.mode.name(), "servers": json_servers }));
@@ -1204,26 +1453,48 @@ fn report(settings: &Settings, tools: &Tools, runs: &[KeyRun], problems: Vec<Str
             );
             let _ = writeln!(
                 t,
-                "   {:<16} {:>9} {:>9} {:>9} {:>9} {:>22} {:>22}",
-                "mode", "hitless", "static", "go-stat", "nginx", "hitless/go-stat (goal)", "hitless/nginx (goal)"
+                "   {:<16} {:>9} {:>9} {:>9} {:>9} {:>22} {:>22}   {}",
+                "mode",
+                "hitless",
+                "static",
+                "go-stat",
+                "nginx",
+                "hitless/go-stat (goal)",
+                "hitless/nginx (goal)",
+                "server CPU us/req: hitless static go-stat nginx"
             );
             for m in &compared {
-                let (go_goal, nginx_goal) = if m.mode == Mode::New { (1.3, 1.2) } else { (1.2, 1.0) };
-                let cell = |s: Server| m.get(s).map_or("-".to_string(), |r| fmt_rps(r.rps_median()));
+                let (go_goal, nginx_goal) = if m.mode == Mode::New {
+                    (1.3, 1.2)
+                } else {
+                    (1.2, 1.0)
+                };
+                let cell = |s: Server| {
+                    m.get(s)
+                        .map_or("-".to_string(), |r| fmt_rps(r.rps_median()))
+                };
                 let ratio = |s: Server, goal: f64| {
                     m.hitless_over(s)
                         .map_or("-".to_string(), |x| format!("{x:.2} (>= {goal})"))
                 };
+                let cpu = |s: Server| {
+                    m.get(s)
+                        .map_or("-".to_string(), |r| format!("{:.0}", r.cpu_us))
+                };
                 let _ = writeln!(
                     t,
-                    "   {:<16} {:>9} {:>9} {:>9} {:>9} {:>22} {:>22}",
+                    "   {:<16} {:>9} {:>9} {:>9} {:>9} {:>22} {:>22}   {:>26} {:>6} {:>7} {:>5}",
                     m.mode.name(),
                     cell(Server::Hitless),
                     cell(Server::Static),
                     cell(Server::GoStat),
                     cell(Server::Nginx),
                     ratio(Server::GoStat, go_goal),
-                    ratio(Server::Nginx, nginx_goal)
+                    ratio(Server::Nginx, nginx_goal),
+                    cpu(Server::Hitless),
+                    cpu(Server::Static),
+                    cpu(Server::GoStat),
+                    cpu(Server::Nginx)
                 );
                 for (s, goal) in [(Server::GoStat, go_goal), (Server::Nginx, nginx_goal)] {
                     if let Some(x) = m.hitless_over(s) {
@@ -1242,7 +1513,12 @@ fn report(settings: &Settings, tools: &Tools, runs: &[KeyRun], problems: Vec<Str
         }
 
         // Resumption through serve (item 4).
-        let find = |mode: Mode| kr.modes.iter().find(|m| m.mode == mode).and_then(|m| m.get(Server::Hitless));
+        let find = |mode: Mode| {
+            kr.modes
+                .iter()
+                .find(|m| m.mode == mode)
+                .and_then(|m| m.get(Server::Hitless))
+        };
         let mut json_resume = Value::Null;
         if let (Some(full), Some(resumed)) = (find(Mode::New), find(Mode::Resume13)) {
             let speedup = if full.rps_median() > 0.0 {
@@ -1250,7 +1526,11 @@ fn report(settings: &Settings, tools: &Tools, runs: &[KeyRun], problems: Vec<Str
             } else {
                 0.0
             };
-            let cpu = if resumed.cpu_us > 0.0 { full.cpu_us / resumed.cpu_us } else { 0.0 };
+            let cpu = if resumed.cpu_us > 0.0 {
+                full.cpu_us / resumed.cpu_us
+            } else {
+                0.0
+            };
             let _ = writeln!(
                 t,
                 "\n   resumption through hitless serve, {kt}: full handshakes {} req/s ({:.0} us CPU each), \
@@ -1267,12 +1547,72 @@ fn report(settings: &Settings, tools: &Tools, runs: &[KeyRun], problems: Vec<Str
                 speedup,
                 settings.req_resume_goal,
             ));
+            if let (Some(full12), Some(ids)) = (find(Mode::Go12), find(Mode::Resume12Ids)) {
+                let _ = writeln!(
+                    t,
+                    "   TLS 1.2 through hitless serve, {kt}: full handshakes (Go client) {:.0} us server CPU each, \
+                     resumed with session IDs (rustls client, {:.0} % resumed) {:.0} us each: {:.2}x less server CPU \
+                     (different clients: requests/s not compared)",
+                    full12.cpu_us,
+                    100.0 * ids.resumed_frac(),
+                    ids.cpu_us,
+                    if ids.cpu_us > 0.0 { full12.cpu_us / ids.cpu_us } else { 0.0 }
+                );
+            }
             json_resume = json!({
                 "full_rps": full.rps_median(), "full_cpu_us": full.cpu_us,
                 "resumed_rps": resumed.rps_median(), "resumed_cpu_us": resumed.cpu_us,
                 "resumed_fraction": resumed.resumed_frac(),
                 "rps_ratio": speedup, "cpu_ratio": cpu,
             });
+        }
+
+        // Instructions per request (item 2, noise-free).
+        let mut json_instr = Vec::new();
+        if !kr.instr.is_empty() {
+            let (short, long) = settings.req_instr_runs;
+            let _ = writeln!(
+                t,
+                "\n   instructions per request under callgrind, {kt} (server process only; 1 worker; \
+                 difference between a {:.0} s and a {:.0} s run, so start-up cancels out; noise-free)",
+                short.as_secs_f64(),
+                long.as_secs_f64()
+            );
+            let _ = writeln!(
+                t,
+                "   {:<28} {:>12} {:>12} {:>15}",
+                "mode", "static", "hitless", "hitless/static"
+            );
+        }
+        for i in &kr.instr {
+            let ratio = if i.static_per_request > 0.0 {
+                i.hitless_per_request / i.static_per_request
+            } else {
+                0.0
+            };
+            let _ = writeln!(
+                t,
+                "   {:<28} {:>12.0} {:>12.0} {:>15.3}",
+                i.mode.name(),
+                i.static_per_request,
+                i.hitless_per_request,
+                ratio
+            );
+            targets.push(Target::at_most(
+                format!(
+                    "requests {kt} {} hitless/static instructions per request",
+                    i.mode.name()
+                ),
+                ratio,
+                1.02,
+                "x",
+            ));
+            json_instr.push(json!({
+                "mode": i.mode.name(),
+                "static_per_request": i.static_per_request,
+                "hitless_per_request": i.hitless_per_request,
+                "ratio": ratio,
+            }));
         }
 
         // Safety under load (item 4).
@@ -1300,7 +1640,10 @@ fn report(settings: &Settings, tools: &Tools, runs: &[KeyRun], problems: Vec<Str
                 s.violations
             );
             targets.push(Target::zero(
-                format!("requests {kt} {}: sessions resumed across a change", s.client),
+                format!(
+                    "requests {kt} {}: sessions resumed across a change",
+                    s.client
+                ),
                 s.violations as i64,
             ));
             json_safety.push(json!({
@@ -1316,6 +1659,7 @@ fn report(settings: &Settings, tools: &Tools, runs: &[KeyRun], problems: Vec<Str
             "comparison": json_cmp,
             "resumption": json_resume,
             "safety": json_safety,
+            "instructions": json_instr,
         }));
     }
     Outcome {

@@ -178,7 +178,10 @@ fn requests_part_serves_resumes_and_never_resumes_across_a_change() {
     assert_eq!(modes.len(), 1, "{}", o.text);
     assert_eq!(modes[0]["mode"], "resumed-tls12-session-ids");
     let servers = modes[0]["servers"].as_array().expect("servers");
-    let names: Vec<&str> = servers.iter().filter_map(|v| v["server"].as_str()).collect();
+    let names: Vec<&str> = servers
+        .iter()
+        .filter_map(|v| v["server"].as_str())
+        .collect();
     assert_eq!(names, ["static", "hitless", "hitless+rotate"]);
     for v in servers {
         assert!(v["requests"].as_u64() > Some(0), "{v}");
