@@ -20,9 +20,12 @@
 //! option.) TLS 1.2 session IDs are resumed by a small rustls client ([`crate::rustclient`]).
 //!
 //! Variants run interleaved in rounds (the order rotates each round) and each ratio is the
-//! median of the per-round ratios, as in the other parts. The last step checks resumption
-//! safety under load: while clients resume, the identity rotates and the client trust changes,
-//! and no connection may resume a session from before a change once the server has it.
+//! median of the per-round ratios, as in the other parts. On a shared machine requests/s and
+//! even CPU per request move by several percent between slots, so when valgrind is installed
+//! the static baseline and hitless serve are also run under callgrind: instructions per
+//! request, noise-free ([`measure_instr`]). The last step checks resumption safety under load:
+//! while clients resume, the identity rotates and the client trust changes, and no connection
+//! may resume a session from before a change once the server has it ([`check_sessions`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -454,10 +457,12 @@ impl Bed {
                 &self.files,
                 go_mode,
                 addr,
-                concurrency,
-                duration,
-                Duration::ZERO,
-                events,
+                &GoLoad {
+                    concurrency,
+                    duration,
+                    pace: Duration::ZERO,
+                    events,
+                },
             ),
             (Some(_), None) => Err("the Go load generator is not available".into()),
             (None, _) => rustclient::run(
@@ -523,16 +528,30 @@ impl Bed {
 
 /// Runs the Go load generator once and parses its report; the process is killed if it has
 /// not finished 30 s after its duration.
+/// How the Go load generator runs.
+#[derive(Clone, Copy)]
+struct GoLoad {
+    concurrency: usize,
+    duration: Duration,
+    /// Minimum time between the starts of two requests of a worker (0: back to back).
+    pace: Duration,
+    /// Report every request.
+    events: bool,
+}
+
 fn run_go(
     loadgen: &Path,
     files: &Files,
     mode: &str,
     addr: SocketAddr,
-    concurrency: usize,
-    duration: Duration,
-    pace: Duration,
-    events: bool,
+    load: &GoLoad,
 ) -> Result<Run, String> {
+    let GoLoad {
+        concurrency,
+        duration,
+        pace,
+        events,
+    } = *load;
     let mut c = Command::new(loadgen);
     c.arg("-url")
         .arg(format!("https://{addr}/healthz"))
@@ -908,7 +927,18 @@ fn safety_client(
     let (n, duration) = (settings.req_concurrency, settings.req_safety);
     match client {
         "go-tls13-tickets" => match &tools.loadgen {
-            Some(l) => run_go(l, &bed.files, "resume13", addr, n, duration, pace, events),
+            Some(l) => run_go(
+                l,
+                &bed.files,
+                "resume13",
+                addr,
+                &GoLoad {
+                    concurrency: n,
+                    duration,
+                    pace,
+                    events,
+                },
+            ),
             None => Err("Go load generator not available".into()),
         },
         "rustls-tls13-tickets" => rustclient::run(
@@ -1453,7 +1483,7 @@ fn report(settings: &Settings, tools: &Tools, runs: &[KeyRun], problems: Vec<Str
             );
             let _ = writeln!(
                 t,
-                "   {:<16} {:>9} {:>9} {:>9} {:>9} {:>22} {:>22}   {}",
+                "   {:<16} {:>9} {:>9} {:>9} {:>9} {:>22} {:>22}   server CPU us/req: hitless static go-stat nginx",
                 "mode",
                 "hitless",
                 "static",
@@ -1461,7 +1491,6 @@ fn report(settings: &Settings, tools: &Tools, runs: &[KeyRun], problems: Vec<Str
                 "nginx",
                 "hitless/go-stat (goal)",
                 "hitless/nginx (goal)",
-                "server CPU us/req: hitless static go-stat nginx"
             );
             for m in &compared {
                 let (go_goal, nginx_goal) = if m.mode == Mode::New {
