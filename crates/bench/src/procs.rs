@@ -15,6 +15,30 @@ pub fn free_port() -> Result<SocketAddr, String> {
     l.local_addr().map_err(|e| e.to_string())
 }
 
+/// Starts a server on a free loopback port: `make` builds its command for that address. A
+/// port taken by someone else between the check and the bind fails the start; then it is
+/// tried again with another port (3 attempts in all).
+pub fn start_on_free_port(
+    name: &str,
+    log: PathBuf,
+    mut make: impl FnMut(SocketAddr) -> Result<Command, String>,
+) -> Result<Proc, String> {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let addr = free_port()?;
+        match Proc::start(name, make(addr)?, addr, log.clone()) {
+            Ok(p) => return Ok(p),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// The `kill` program (procps or util-linux), to send signals without unsafe code.
+fn kill_program() -> PathBuf {
+    which("kill").unwrap_or_else(|| PathBuf::from("/bin/kill"))
+}
+
 /// Whether `name` is an executable found in `PATH` (or in /usr/sbin, where nginx lives).
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -150,7 +174,7 @@ impl Drop for Proc {
         };
         let kids = children(self.pid);
         let own = comm(self.pid);
-        let _ = Command::new("kill")
+        let _ = Command::new(kill_program())
             .args(["-TERM", &self.pid.to_string()])
             .stderr(Stdio::null())
             .status();
@@ -167,7 +191,7 @@ impl Drop for Proc {
         // its master, seen as its child a moment ago), it is ours: kill it.
         for k in kids {
             if own.is_some() && comm(k) == own {
-                let _ = Command::new("kill")
+                let _ = Command::new(kill_program())
                     .args(["-KILL", &k.to_string()])
                     .stderr(Stdio::null())
                     .status();

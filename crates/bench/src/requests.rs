@@ -369,54 +369,59 @@ impl Bed {
         let rotator = Rotator::start(&pki.bundle_path, pki.bundles.clone(), settings.rotate_every);
         let log = |n: &str| dir.join(format!("{n}.log"));
 
-        let addr = procs::free_port()?;
-        let c = command(None, baseline_argv(tools, &files, addr));
-        let baseline = Proc::start("static baseline", c, addr, log("baseline"))?;
-
-        let addr = procs::free_port()?;
-        let admin = procs::free_port()?;
-        let c = command(None, hitless_argv(tools, &pki, addr, admin));
-        let hitless = Proc::start("hitless serve", c, addr, log("hitless"))?;
-
+        let baseline = procs::start_on_free_port("static baseline", log("baseline"), |addr| {
+            Ok(command(None, baseline_argv(tools, &files, addr)))
+        })?;
+        let mut admin = None;
+        let hitless = procs::start_on_free_port("hitless serve", log("hitless"), |addr| {
+            let a = procs::free_port()?;
+            admin = Some(a);
+            Ok(command(None, hitless_argv(tools, &pki, addr, a)))
+        })?;
+        let admin = admin.ok_or("no admin address")?;
         let go = match &tools.seed {
             None => None,
-            Some(seed) => {
-                let addr = procs::free_port()?;
-                let mut c = guarded_command(seed);
-                c.arg("-listen")
-                    .arg(addr.to_string())
-                    .arg("-cert")
-                    .arg(&files.chain)
-                    .arg("-key")
-                    .arg(&files.key)
-                    .arg("-client-ca")
-                    .arg(&files.client_ca_static);
-                Some(Proc::start("Go server", c, addr, log("go-seed"))?)
-            }
+            Some(seed) => Some(procs::start_on_free_port(
+                "Go server",
+                log("go-seed"),
+                |addr| {
+                    let mut c = guarded_command(seed);
+                    c.arg("-listen")
+                        .arg(addr.to_string())
+                        .arg("-cert")
+                        .arg(&files.chain)
+                        .arg("-key")
+                        .arg(&files.key)
+                        .arg("-client-ca")
+                        .arg(&files.client_ca_static);
+                    Ok(c)
+                },
+            )?),
         };
         let nginx = match &tools.nginx {
             None => None,
             Some(nginx) => {
-                let addr = procs::free_port()?;
                 let ndir = dir.join("nginx");
                 fs::create_dir_all(&ndir).map_err(|e| format!("{}: {e}", ndir.display()))?;
-                let conf = ndir.join("nginx.conf");
-                let text = procs::nginx_config(
-                    &ndir,
-                    addr,
-                    &files.chain,
-                    &files.key,
-                    &files.client_ca_static,
-                );
-                fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
-                let mut c = guarded_command(nginx);
-                c.arg("-p")
-                    .arg(&ndir)
-                    .arg("-c")
-                    .arg(&conf)
-                    .arg("-e")
-                    .arg(ndir.join("error.log"));
-                Some(Proc::start("nginx", c, addr, log("nginx"))?)
+                Some(procs::start_on_free_port("nginx", log("nginx"), |addr| {
+                    let conf = ndir.join("nginx.conf");
+                    let text = procs::nginx_config(
+                        &ndir,
+                        addr,
+                        &files.chain,
+                        &files.key,
+                        &files.client_ca_static,
+                    );
+                    fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
+                    let mut c = guarded_command(nginx);
+                    c.arg("-p")
+                        .arg(&ndir)
+                        .arg("-c")
+                        .arg(&conf)
+                        .arg("-e")
+                        .arg(ndir.join("error.log"));
+                    Ok(c)
+                })?)
             }
         };
         Ok(Bed {
