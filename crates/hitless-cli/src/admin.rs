@@ -40,6 +40,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 
 use crate::http::{self, Body};
+use crate::listen::{self, Accepted, Limits, Listener};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
@@ -59,6 +60,17 @@ struct HandshakeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimeoutLabels {
+    listener: String,
+    timeout: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
     credential: String,
     event: String,
@@ -75,6 +87,38 @@ pub struct Metrics {
     generation: Family<CredentialLabels, Gauge>,
     not_after: Family<CredentialLabels, Gauge>,
     last_reload: Family<CredentialLabels, Gauge>,
+    listener_open: Family<ListenerLabels, Gauge>,
+    listener_max: Family<ListenerLabels, Gauge>,
+    listener_limit_reached: Family<ListenerLabels, Counter>,
+    listener_accept_errors: Family<ListenerLabels, Counter>,
+    listener_timeouts: Family<TimeoutLabels, Counter>,
+}
+
+/// The metrics of one listener (see [`crate::listen`]), labelled with its name.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    listener: String,
+    /// Connections open now (TLS handshakes included).
+    pub open: Gauge,
+    /// The connection limit in force.
+    pub max: Gauge,
+    /// Times a connection had to wait because every slot was taken.
+    pub limit_reached: Counter,
+    /// Failed `accept()`s.
+    pub accept_errors: Counter,
+    timeouts: Family<TimeoutLabels, Counter>,
+}
+
+impl ListenerMetrics {
+    /// Counts a connection closed by a timeout (`handshake`, `header_read`, `idle`).
+    pub fn timed_out(&self, which: &str) {
+        self.timeouts
+            .get_or_create(&TimeoutLabels {
+                listener: self.listener.clone(),
+                timeout: which.into(),
+            })
+            .inc();
+    }
 }
 
 impl Metrics {
@@ -91,6 +135,11 @@ impl Metrics {
             generation: Family::default(),
             not_after: Family::default(),
             last_reload: Family::default(),
+            listener_open: Family::default(),
+            listener_max: Family::default(),
+            listener_limit_reached: Family::default(),
+            listener_accept_errors: Family::default(),
+            listener_timeouts: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -133,7 +182,47 @@ impl Metrics {
             "Time of the last successful load, Unix time",
             m.last_reload.clone(),
         );
+        registry.register(
+            "listener_connections",
+            "Connections open per listener (tls, admin), TLS handshakes included",
+            m.listener_open.clone(),
+        );
+        registry.register(
+            "listener_max_connections",
+            "Connection limit per listener, after fitting the descriptor limit",
+            m.listener_max.clone(),
+        );
+        registry.register(
+            "listener_limit_reached",
+            "Times a listener stopped accepting because every connection slot was taken",
+            m.listener_limit_reached.clone(),
+        );
+        registry.register(
+            "listener_accept_errors",
+            "Failed accept() calls per listener (e.g. out of descriptors)",
+            m.listener_accept_errors.clone(),
+        );
+        registry.register(
+            "listener_timeouts",
+            "Connections closed by a timeout, per listener and timeout (handshake, header_read, idle)",
+            m.listener_timeouts.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
+    }
+
+    /// The metrics of the listener named `name` (`tls`, `admin`).
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        let labels = ListenerLabels {
+            listener: name.into(),
+        };
+        ListenerMetrics {
+            listener: name.into(),
+            open: self.listener_open.get_or_create(&labels).clone(),
+            max: self.listener_max.get_or_create(&labels).clone(),
+            limit_reached: self.listener_limit_reached.get_or_create(&labels).clone(),
+            accept_errors: self.listener_accept_errors.get_or_create(&labels).clone(),
+            timeouts: self.listener_timeouts.clone(),
+        }
     }
 
     /// Counts a completed handshake.
@@ -446,27 +535,35 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// Serves `/healthz`, `/status` and `/metrics` over plain HTTP on `listener` until the runtime
-/// stops.
-pub async fn serve_admin(listener: tokio::net::TcpListener, observed: Arc<Observed>) {
-    use hyper_util::rt::TokioIo;
+/// Serves `/healthz`, `/status` and `/metrics` over plain HTTP/1.1 on `listener`, with the
+/// limits and timeouts of `limits`, until `shutdown` turns true.
+pub async fn serve_admin(
+    mut listener: Listener,
+    observed: Arc<Observed>,
+    limits: Limits,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let builder = Arc::new(listen::http_builder(&limits, true));
+    let mut stop = shutdown.clone();
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = listen::stopped(&mut stop) => return,
         };
         let observed = observed.clone();
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let Accepted { tcp, peer, slot } = accepted;
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let response = observed
                         .respond(req.uri().path())
                         .unwrap_or_else(|| http::text(StatusCode::NOT_FOUND, "not found\n"));
-                    async move { Ok::<_, std::convert::Infallible>(response) }
+                    std::future::ready(Ok::<_, std::convert::Infallible>(response))
                 });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+            let ended = listen::serve_http(&builder, tcp, service, &limits, &slot, shutdown).await;
+            tracing::debug!(%peer, "admin connection ended: {ended}");
         });
     }
 }

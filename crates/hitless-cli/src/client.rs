@@ -10,7 +10,7 @@ use std::error::Error as StdError;
 use std::fmt::Write as _;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
@@ -112,6 +112,12 @@ pub struct Reply {
     pub first_on_connection: bool,
     /// SHA-256 of the server's leaf certificate on this connection (lowercase hex).
     pub server_fingerprint: Option<String>,
+    /// For the first response on a connection: how long the TCP connection and the TLS
+    /// handshake took.
+    pub handshake: Option<Duration>,
+    /// From sending the request (the handshake done) to the response head: the server's
+    /// answer time as the client sees it, where a delayed-ACK stall would show.
+    pub wait: Duration,
 }
 
 /// One TLS connection to the target carrying HTTP/1.1 requests, one at a time.
@@ -121,10 +127,14 @@ pub struct Connection {
     driver: Option<JoinHandle<hyper::Result<()>>>,
     server_fingerprint: Option<String>,
     responses: u64,
+    resumed: bool,
+    /// TCP connect + TLS handshake time.
+    handshake: Duration,
 }
 
 /// Opens a TCP connection to the target and completes a TLS handshake with `config`.
 pub async fn connect(target: &Target, config: Arc<ClientConfig>) -> Result<Connection, Failure> {
+    let started = Instant::now();
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(Failure::Connect)?;
@@ -134,12 +144,14 @@ pub async fn connect(target: &Target, config: Arc<ClientConfig>) -> Result<Conne
         .connect(target.server_name.clone(), tcp)
         .await
         .map_err(Failure::Handshake)?;
+    let handshake = started.elapsed();
     let server_fingerprint = tls
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|chain| chain.first())
         .map(fingerprint);
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let (sender, connection) =
         http1::handshake(TokioIo::new(tls))
             .await
@@ -154,10 +166,17 @@ pub async fn connect(target: &Target, config: Arc<ClientConfig>) -> Result<Conne
         driver: Some(driver),
         server_fingerprint,
         responses: 0,
+        resumed,
+        handshake,
     })
 }
 
 impl Connection {
+    /// True if the handshake resumed an earlier session (no certificates were exchanged).
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+
     /// False once the server (or an error) has closed the connection.
     pub fn is_open(&self) -> bool {
         !self.sender.is_closed()
@@ -174,6 +193,7 @@ impl Connection {
                 unsent: true,
             });
         }
+        let sent = Instant::now();
         let response = match self.sender.try_send_request(request).await {
             Ok(response) => response,
             Err(mut e) => {
@@ -185,6 +205,7 @@ impl Connection {
                 });
             }
         };
+        let wait = sent.elapsed();
         self.responses += 1;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_BODY)
@@ -197,6 +218,8 @@ impl Connection {
             body,
             first_on_connection: first,
             server_fingerprint: self.server_fingerprint.clone(),
+            handshake: first.then_some(self.handshake),
+            wait,
         })
     }
 
@@ -310,9 +333,11 @@ impl Failure {
 
     /// True if the *server* turned the client away: it sent an alert, or closed the connection
     /// during the handshake or before the first response. False when this client gave up (the
-    /// server certificate is not trusted, no TCP connection, a timeout).
+    /// server certificate is not trusted, no TCP connection, a timeout), and when the server
+    /// answered something that is not HTTP (that is no refusal, it is another protocol).
     pub fn refused_by_server(&self) -> bool {
         match self {
+            Failure::Request { error, .. } if error.is_parse() || error.is_parse_status() => false,
             Failure::Handshake(_) | Failure::Request { first: true, .. } => {
                 match self.tls_error() {
                     Some(rustls::Error::AlertReceived(_)) => true,

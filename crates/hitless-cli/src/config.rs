@@ -65,6 +65,37 @@ pub struct Listener {
     /// `drop_untrusted`: close open connections whose client the new trust refuses.
     #[serde(default)]
     pub drop_untrusted: bool,
+    /// `max_connections`: connections open at once on the TLS listener.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// `admin_max_connections`: connections open at once on the admin listener.
+    #[serde(default)]
+    pub admin_max_connections: Option<u32>,
+    /// `handshake_timeout`: time a client has to complete the TLS handshake.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub handshake_timeout: Option<Duration>,
+    /// `header_read_timeout`: time a client has to send a complete request head.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub header_read_timeout: Option<Duration>,
+    /// `idle_timeout`: a connection with no request in flight this long is closed.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Listener {
+    /// The connection limits and timeouts this listener sets, defaults for the rest.
+    pub fn limits(&self) -> crate::listen::Limits {
+        let d = crate::listen::Limits::default();
+        crate::listen::Limits {
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            admin_max_connections: self
+                .admin_max_connections
+                .unwrap_or(d.admin_max_connections),
+            handshake_timeout: self.handshake_timeout.unwrap_or(d.handshake_timeout),
+            header_read_timeout: self.header_read_timeout.unwrap_or(d.header_read_timeout),
+            idle_timeout: self.idle_timeout.unwrap_or(d.idle_timeout),
+        }
+    }
 }
 
 /// `[[identity]]`: one server identity, in exactly one of three forms.
@@ -275,14 +306,19 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The largest configuration file read (10,000 identities take about 2 MiB): `/dev/zero`, a
+/// named pipe or a runaway file is refused at once rather than read without end.
+const MAX_CONFIG_SIZE: u64 = 16 * 1024 * 1024;
+
 impl Config {
     /// Reads, parses and validates `file`; with `check_files`, also that every file it names
     /// exists and every password variable is set (what `serve --check` does).
     pub fn load(file: &Path, check_files: bool) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|error| ConfigError::Read {
-            file: file.to_owned(),
-            error,
-        })?;
+        let text =
+            crate::files::read_text(file, MAX_CONFIG_SIZE).map_err(|error| ConfigError::Read {
+                file: file.to_owned(),
+                error,
+            })?;
         let config = Config::parse(file, &text)?;
         config.validate(check_files)?;
         Ok(config)
@@ -447,22 +483,39 @@ impl Config {
             }
         }
 
-        let reload = KeyPath::root("reload");
-        if self.reload.mode == Mode::Poll && self.reload.poll_interval.is_zero() {
-            report(
-                reload.key("poll_interval"),
-                "must be more than zero in poll mode".into(),
-            );
+        for (i, listener) in self.listeners.iter().enumerate() {
+            let at = KeyPath::root("listener").index(i);
+            for (field, count) in [
+                ("max_connections", listener.max_connections),
+                ("admin_max_connections", listener.admin_max_connections),
+            ] {
+                if count == Some(0) {
+                    report(at.key(field), "must be at least 1".into());
+                }
+            }
+            for (field, timeout) in [
+                ("handshake_timeout", listener.handshake_timeout),
+                ("header_read_timeout", listener.header_read_timeout),
+                ("idle_timeout", listener.idle_timeout),
+            ] {
+                if let Some(Err(reason)) = timeout.map(crate::value::check_positive) {
+                    report(at.key(field), reason);
+                }
+            }
         }
-        if !(self.reload.expiring_soon >= 0.0 && self.reload.expiring_soon <= 1.0) {
-            report(
-                reload.key("expiring_soon"),
-                format!(
-                    "must be a fraction between 0 and 1 (0.33 = a third of the lifetime left), \
-                     not {}",
-                    self.reload.expiring_soon
-                ),
-            );
+
+        let reload = KeyPath::root("reload");
+        // The command line refuses --poll-interval 0s whatever the mode, with this same check.
+        if self.reload.mode == Mode::Poll {
+            if let Err(reason) = crate::value::check_positive(self.reload.poll_interval) {
+                report(
+                    reload.key("poll_interval"),
+                    format!("{reason} in poll mode"),
+                );
+            }
+        }
+        if let Err(reason) = crate::value::check_fraction(self.reload.expiring_soon) {
+            report(reload.key("expiring_soon"), reason);
         }
 
         if check_files {
@@ -790,14 +843,16 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     (find(&root, offset, &mut path) && !path.is_empty()).then_some(path)
 }
 
-/// A humantime duration string such as `10s`, `200ms`, `1h 30m`.
+/// A humantime duration string such as `10s`, `200ms`, `1h 30m`, bounded as the flags are
+/// ([`crate::value::duration`]).
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        de::Error::custom(format!(
-            "invalid duration {text:?}: {e} (e.g. \"10s\", \"200ms\", \"1h 30m\")"
-        ))
-    })
+    crate::value::duration(&text)
+        .map_err(|e| de::Error::custom(format!("invalid duration {text:?}: {e}")))
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 fn parse_addr<E: de::Error>(text: &str) -> Result<SocketAddr, E> {

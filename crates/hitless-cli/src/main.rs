@@ -5,9 +5,12 @@ mod admin;
 mod client;
 mod cmd;
 mod config;
+mod files;
 mod http;
+mod listen;
 mod logging;
 mod pki;
+mod value;
 
 use std::process::ExitCode;
 
@@ -33,7 +36,8 @@ enum Command {
     /// Call an HTTPS server with a reloading client identity, once or in a loop, and report.
     Call(cmd::call::Args),
     /// Prove a server refuses untrusted clients (no, self-signed, unknown-CA, expired, revoked,
-    /// wrong-usage certificates); exit 1 if any got in.
+    /// wrong-usage certificates, resumed sessions); exit 1 if any got in or a refusal proves
+    /// nothing (the server never asked for a certificate).
     Probe(cmd::probe::Args),
     /// A development CA: create it, issue server/client certificates, revoke, write CRLs.
     Ca(cmd::ca::Args),
@@ -61,6 +65,9 @@ fn main() -> ExitCode {
     if !demo_tui {
         logging::init(cli.log_format);
     }
+    // A server's connections and a load generator's are descriptors: use what the hard limit
+    // allows, not the usual soft default of 1024.
+    listen::raise_descriptor_limit();
     let result = match cli.command {
         Command::Serve(args) => cmd::serve::run(args),
         Command::Call(args) => cmd::call::run(args),

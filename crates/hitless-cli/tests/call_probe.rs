@@ -165,9 +165,27 @@ fn start_mtls_serve(pki: &Pki, extra: &[OsString]) -> ServerGuard {
     server
 }
 
-/// Starts `openssl s_server -www` on 127.0.0.1 with the server pair of `pki`; with
-/// `verify_clients`, client certificates from `pki`'s CA are required (`-Verify 1`).
-fn start_s_server(pki: &Pki, verify_clients: bool) -> ServerGuard {
+/// How `openssl s_server` treats clients in a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clients {
+    /// No client authentication at all: no CertificateRequest.
+    Ignored,
+    /// `-Verify 1`: a certificate is required, but without `-verify_return_error` OpenSSL's
+    /// demo server only prints verification errors and goes on.
+    Required,
+    /// `-Verify 1 -verify_return_error`: a certificate chaining to the CA is required (no CRL).
+    Verified,
+}
+
+/// Starts `openssl s_server -www` on 127.0.0.1 with the server pair of `pki`, treating client
+/// certificates (from `pki`'s CA) as `clients` says.
+fn start_s_server(pki: &Pki, clients: Clients) -> ServerGuard {
+    start_s_server_with(pki, clients, &["-www"])
+}
+
+/// [`start_s_server`] with other flags (`-rev`: answers each line reversed, not HTTP;
+/// `-tls1_2`, ...).
+fn start_s_server_with(pki: &Pki, clients: Clients, extra: &[&str]) -> ServerGuard {
     let port = free_port();
     let mut cmd = Command::new("openssl");
     cmd.arg("s_server")
@@ -177,9 +195,17 @@ fn start_s_server(pki: &Pki, verify_clients: bool) -> ServerGuard {
         .arg(&pki.server_crt)
         .arg("-key")
         .arg(&pki.server_key)
-        .arg("-www");
-    if verify_clients {
-        cmd.arg("-CAfile").arg(&pki.ca_pem).args(["-Verify", "1"]);
+        .args(extra);
+    match clients {
+        Clients::Ignored => {}
+        Clients::Required => {
+            cmd.arg("-CAfile").arg(&pki.ca_pem).args(["-Verify", "1"]);
+        }
+        Clients::Verified => {
+            cmd.arg("-CAfile")
+                .arg(&pki.ca_pem)
+                .args(["-Verify", "1", "-verify_return_error"]);
+        }
     }
     let log = pki.dir.path().join(format!("s_server-{port}.log"));
     let mut server = ServerGuard::spawn(cmd, port, log);
@@ -291,7 +317,7 @@ fn call_survives_client_rotation() {
 #[test]
 fn call_against_openssl_s_server_while_identity_rotates() {
     let pki = Pki::new();
-    let server = start_s_server(&pki, true);
+    let server = start_s_server(&pki, Clients::Required);
     // The separate-files form: each rotation renames the new key, then the new certificate,
     // into place; in between the pair does not match and the last good one must keep serving.
     let args = os(&[
@@ -396,40 +422,73 @@ const ATTACKS_WITH_CA: &[&str] = &[
     "expired",
     "not yet valid",
     "no clientAuth EKU",
+    "CA:TRUE leaf",
+    "non-CA intermediate",
+];
+/// The attacks that need `--crl-out` (and the CA).
+const REVOCATION_ATTACKS: &[&str] = &[
+    "revoked",
+    "resumed after revocation (TLS 1.3)",
+    "resumed after revocation (TLS 1.2)",
+    "revoked intermediate",
 ];
 
-#[test]
-fn probe_refuses_everything_against_hitless_serve() {
-    let pki = Pki::new();
-    let dir = pki.dir.path();
-    let ca_key = dir.join("ca.key");
-    std::fs::write(&ca_key, pki.ca.key_pem()).expect("write ca.key");
-    let crl = dir.join("crl.pem");
-    write_atomic(
-        &crl,
-        pki.ca.crl(&[], time::Duration::hours(1)).pem.as_bytes(),
-    );
-    let server = start_mtls_serve(&pki, &os(&[&"--crl", &crl]));
+/// Asserts that every row the probe counts as refused carries its evidence: the server asked
+/// for a client certificate on that connection (or the session was resumed, where no
+/// certificate is exchanged).
+fn assert_refusals_have_evidence(report: &Value, context: &str) {
+    for row in report["attacks"].as_array().expect("attacks") {
+        if row["result"] == "refused" {
+            assert!(
+                row["certificate_requested"] == Value::Bool(true)
+                    || row["resumed"] == Value::Bool(true),
+                "a refusal without a CertificateRequest: {row:#}\n{context}"
+            );
+        }
+    }
+}
 
-    let args = os(&[
-        &"probe",
-        &url(server.port),
-        &"--ca",
-        &pki.ca_pem,
+/// Runs `hitless probe <url> --ca CA --json <extra>` to its end.
+fn run_probe(pki: &Pki, port: u16, extra: &[OsString]) -> (ExitStatus, Value, Running) {
+    let mut args = os(&[&"probe", &url(port), &"--ca", &pki.ca_pem, &"--json"]);
+    args.extend_from_slice(extra);
+    let mut probe = Running::spawn(pki.dir.path(), "probe", &args);
+    let (status, report) = probe.finish_json(RUN_TIMEOUT);
+    (status, report, probe)
+}
+
+/// The flags giving the probe everything: the CA and its key, the CRL the server reads, and
+/// the good client identity.
+fn full_probe_flags(pki: &Pki, crl: &Path) -> Vec<OsString> {
+    let ca_key = pki.dir.path().join("ca.key");
+    std::fs::write(&ca_key, pki.ca.key_pem()).expect("write ca.key");
+    os(&[
         &"--ca-cert",
         &pki.ca_pem,
         &"--ca-key",
         &ca_key,
         &"--crl-out",
         &crl,
+        &"--crl-reload-wait",
+        &"300ms",
         &"--cert",
         &pki.client_crt,
         &"--key",
         &pki.client_key,
-        &"--json",
-    ]);
-    let mut probe = Running::spawn(dir, "probe", &args);
-    let (status, report) = probe.finish_json(RUN_TIMEOUT);
+    ])
+}
+
+#[test]
+fn probe_refuses_everything_against_hitless_serve() {
+    let pki = Pki::new();
+    let crl = pki.dir.path().join("crl.pem");
+    write_atomic(
+        &crl,
+        pki.ca.crl(&[], time::Duration::hours(1)).pem.as_bytes(),
+    );
+    let server = start_mtls_serve(&pki, &os(&[&"--crl", &crl]));
+
+    let (status, report, probe) = run_probe(&pki, server.port, &full_probe_flags(&pki, &crl));
     let context = format!("{}\n--- server log ---\n{}", probe.output(), server.log());
     assert!(
         status.success(),
@@ -438,19 +497,36 @@ fn probe_refuses_everything_against_hitless_serve() {
     assert_eq!(report["passed"], Value::Bool(true), "{report:#}\n{context}");
     assert_rows(&report, ATTACKS_WITHOUT_CA, "refused", &context);
     assert_rows(&report, ATTACKS_WITH_CA, "refused", &context);
+    assert_rows(&report, REVOCATION_ATTACKS, "refused", &context);
+    assert_rows(&report, &["stolen certificate"], "refused", &context);
     assert_rows(
         &report,
-        &["stolen certificate", "revoked"],
-        "refused",
+        &["control", "fresh from CA", "fresh intermediate"],
+        "accepted",
         &context,
     );
-    assert_rows(&report, &["control", "fresh from CA"], "accepted", &context);
+    assert_refusals_have_evidence(&report, &context);
     assert!(
         probe_rows(&report)
             .iter()
             .all(|(_, _, result)| result != "skipped"),
         "nothing may be skipped with every flag given: {report:#}"
     );
+    // The CRL went through the exclusive-create writer: a regular file, mode 0644, and no
+    // temporary file left beside it.
+    let meta = std::fs::symlink_metadata(&crl).expect("stat crl.pem");
+    assert!(meta.file_type().is_file());
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o644
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(pki.dir.path())
+        .expect("list the directory")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".crl.pem"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
 
 #[test]
@@ -487,11 +563,18 @@ fn probe_with_an_intermediate_ca_against_hitless_serve() {
     );
     assert_rows(&report, ATTACKS_WITHOUT_CA, "refused", &context);
     assert_rows(&report, ATTACKS_WITH_CA, "refused", &context);
-    assert_rows(&report, &["fresh from CA"], "accepted", &context);
-    // Without --crl-out and --cert, those rows say why they were not tried.
     assert_rows(
         &report,
-        &["revoked", "control", "stolen certificate"],
+        &["fresh from CA", "fresh intermediate"],
+        "accepted",
+        &context,
+    );
+    assert_refusals_have_evidence(&report, &context);
+    // Without --crl-out and --cert, those rows say why they were not tried.
+    assert_rows(&report, REVOCATION_ATTACKS, "skipped", &context);
+    assert_rows(
+        &report,
+        &["control", "stolen certificate"],
         "skipped",
         &context,
     );
@@ -500,7 +583,7 @@ fn probe_with_an_intermediate_ca_against_hitless_serve() {
 #[test]
 fn probe_fails_against_a_server_that_does_not_verify_clients() {
     let pki = Pki::new();
-    let server = start_s_server(&pki, false);
+    let server = start_s_server(&pki, Clients::Ignored);
     let args = os(&[&"probe", &url(server.port), &"--ca", &pki.ca_pem, &"--json"]);
     let mut probe = Running::spawn(pki.dir.path(), "probe", &args);
     let (status, report) = probe.finish_json(RUN_TIMEOUT);
@@ -519,4 +602,118 @@ fn probe_fails_against_a_server_that_does_not_verify_clients() {
         );
     }
     assert!(stderr.contains("got in"), "{context}");
+}
+
+/// A server that never asks for a client certificate and answers every request with something
+/// (here `s_server -rev`, which answers lines reversed, not HTTP): each attack ends without an
+/// HTTP response, which the probe used to count as "refused", passing a server that
+/// authenticates nobody. Without a CertificateRequest, nothing is evidence.
+fn probe_is_inconclusive_against_a_server_that_asks_for_no_certificate(version: &str) {
+    let pki = Pki::new();
+    let server = start_s_server_with(&pki, Clients::Ignored, &["-rev", version]);
+    let crl = pki.dir.path().join("crl.pem");
+    // With only --ca (the report's case: every attack "refused", exit 0), then with every flag.
+    for (flags, attacks) in [
+        (Vec::new(), ATTACKS_WITHOUT_CA),
+        (full_probe_flags(&pki, &crl), ATTACKS_WITH_CA),
+    ] {
+        let (status, report, probe) = run_probe(&pki, server.port, &flags);
+        let context = format!("{}\n--- server log ---\n{}", probe.output(), server.log());
+        assert!(
+            !status.success(),
+            "probe exited 0 against a server that authenticates nobody ({version})\n{report:#}\n{context}"
+        );
+        assert_eq!(report["passed"], Value::Bool(false), "{report:#}");
+        for row in report["attacks"].as_array().expect("attacks") {
+            assert_ne!(row["result"], "refused", "{row:#}\n{context}");
+            assert_ne!(
+                row["certificate_requested"],
+                Value::Bool(true),
+                "s_server without -Verify sent a CertificateRequest? {row:#}"
+            );
+        }
+        assert_rows(&report, ATTACKS_WITHOUT_CA, "inconclusive", &context);
+        assert_rows(&report, attacks, "inconclusive", &context);
+        let stderr = probe.stderr();
+        assert!(
+            stderr.contains("inconclusive")
+                && stderr.contains("never asked for a client certificate"),
+            "stderr must say why the probe failed\n{context}"
+        );
+    }
+}
+
+#[test]
+fn probe_is_inconclusive_against_a_server_that_asks_for_no_certificate_tls12() {
+    probe_is_inconclusive_against_a_server_that_asks_for_no_certificate("-tls1_2");
+}
+
+#[test]
+fn probe_is_inconclusive_against_a_server_that_asks_for_no_certificate_tls13() {
+    probe_is_inconclusive_against_a_server_that_asks_for_no_certificate("-tls1_3");
+}
+
+/// `openssl s_server -Verify 1 -verify_return_error`: it verifies the chain, the validity and
+/// the extended key usage, but reads no CRL and accepts a client leaf marked CA:TRUE. Plain
+/// `-Verify 1` (without `-verify_return_error`) only prints verification errors and lets every
+/// certificate in. The probe must say exactly that.
+#[test]
+fn probe_against_openssl_s_server_verifying_clients() {
+    let pki = Pki::new();
+    let crl = pki.dir.path().join("crl.pem");
+    let server = start_s_server(&pki, Clients::Verified);
+    let (status, report, probe) = run_probe(&pki, server.port, &full_probe_flags(&pki, &crl));
+    let context = format!("{}\n--- server log ---\n{}", probe.output(), server.log());
+    assert!(!status.success(), "{report:#}\n{context}");
+    assert_rows(&report, ATTACKS_WITHOUT_CA, "refused", &context);
+    assert_rows(
+        &report,
+        &[
+            "impostor CA",
+            "expired",
+            "not yet valid",
+            "no clientAuth EKU",
+            "non-CA intermediate",
+            "stolen certificate",
+        ],
+        "refused",
+        &context,
+    );
+    assert_rows(&report, &["CA:TRUE leaf"], "accepted", &context);
+    // No CRL: every revocation attack gets in, the resumed sessions by resumption.
+    assert_rows(&report, REVOCATION_ATTACKS, "accepted", &context);
+    assert_rows(
+        &report,
+        &["control", "fresh from CA", "fresh intermediate"],
+        "accepted",
+        &context,
+    );
+    assert_refusals_have_evidence(&report, &context);
+    let stderr = probe.stderr();
+    assert!(
+        stderr.contains("attack(s) got in") && stderr.contains("resumed after revocation"),
+        "{context}"
+    );
+    drop(server);
+
+    let server = start_s_server(&pki, Clients::Required);
+    let crl = pki.dir.path().join("crl-2.pem");
+    let (status, report, probe) = run_probe(&pki, server.port, &full_probe_flags(&pki, &crl));
+    let context = format!("{}\n--- server log ---\n{}", probe.output(), server.log());
+    assert!(!status.success(), "{report:#}\n{context}");
+    // A certificate is required and its signature checked, nothing else.
+    assert_rows(
+        &report,
+        &["no client certificate", "stolen certificate"],
+        "refused",
+        &context,
+    );
+    assert_rows(
+        &report,
+        &["self-signed", "unknown CA"],
+        "accepted",
+        &context,
+    );
+    assert_rows(&report, ATTACKS_WITH_CA, "accepted", &context);
+    assert_refusals_have_evidence(&report, &context);
 }

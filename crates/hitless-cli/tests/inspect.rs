@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use hitless::{Identity, IdentitySource, Role};
+use hitless_test_pki::rcgen::IsCa;
 use hitless_test_pki::{Ca, KeyFormat, KeyType, Leaf, LeafSpec};
 use serde_json::Value;
 use time::{Duration, OffsetDateTime};
@@ -444,4 +446,282 @@ fn help_documents_the_exit_codes() {
     for line in ["  0  ", "  1  ", "  2  "] {
         assert!(text.contains(line), "{line:?} not documented: {text}");
     }
+}
+
+/// A bundle file: `certs` (PEM, in this order), then the key of `key_of`.
+fn bundle_of(dir: &Path, name: &str, certs: &[&str], key_of: &Leaf) -> PathBuf {
+    let mut text = String::new();
+    for c in certs {
+        text.push_str(c.trim_end());
+        text.push('\n');
+    }
+    text.push_str(&key_of.key_pem(KeyFormat::Pkcs8));
+    write(dir, name, text)
+}
+
+/// What the library (and so `serve`, or `call` for a client) says of the bundle `path`.
+fn library_verdict(path: &Path, role: Role) -> Result<(), String> {
+    Identity::load(&IdentitySource::bundle(path), role)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Asserts that `inspect --role ROLE path` refuses the file with the library's reason.
+fn assert_same_refusal(path: &Path, role: &str, library: Role, reason: &str) {
+    let expected = library_verdict(path, library).expect_err("the library refuses it");
+    assert!(expected.contains(reason), "library: {expected}");
+    let out = inspect(&[&path, &"--role", &role]);
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    assert!(
+        stdout(&out).contains(&format!("error: hitless would refuse it: {expected}")),
+        "inspect must give the library's reason {expected:?}:\n{}",
+        show(&out)
+    );
+    let out = inspect(&[&"--json", &path, &"--role", &role]);
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(json[0]["status"], "invalid");
+    assert!(
+        json[0]["errors"].as_array().is_some_and(|e| e
+            .iter()
+            .any(|e| e.as_str().is_some_and(|e| e.contains(&expected)))),
+        "{json}"
+    );
+}
+
+#[test]
+fn refused_chains_get_the_library_verdict_and_reason() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = root();
+    let now = OffsetDateTime::now_utc();
+
+    // The intermediate in the file did not sign the leaf (same name, other key).
+    let signer = ca.new_intermediate("Inspect Intermediate", KeyType::EcP256);
+    let impostor = ca.new_intermediate("Inspect Intermediate", KeyType::EcP256);
+    let leaf = healthy_leaf(&signer);
+    let wrong = bundle_of(
+        dir.path(),
+        "wrong-intermediate.pem",
+        &[&leaf.cert_pem, &impostor.cert_pem()],
+        &leaf,
+    );
+    for role in [("any", Role::Any), ("server", Role::Server)] {
+        assert_same_refusal(
+            &wrong,
+            role.0,
+            role.1,
+            "certificate 2 (O=hitless test PKI, CN=Inspect Intermediate) does not sign \
+             certificate 1 (CN=localhost)",
+        );
+    }
+    // The same leaf with its real intermediate is fine for both.
+    let right = bundle_of(
+        dir.path(),
+        "right-intermediate.pem",
+        &[&leaf.cert_pem, &signer.cert_pem()],
+        &leaf,
+    );
+    library_verdict(&right, Role::Server).expect("the library accepts it");
+    let out = inspect(&[&right, &"--role", &"server"]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+
+    // An intermediate that is not a CA.
+    let not_ca = ca.new_intermediate_with("Inspect Not A CA", KeyType::EcP256, |p| {
+        p.is_ca = IsCa::ExplicitNoCa;
+    });
+    let leaf = healthy_leaf(&not_ca);
+    let path = bundle_of(
+        dir.path(),
+        "not-ca.pem",
+        &[&leaf.cert_pem, &not_ca.cert_pem()],
+        &leaf,
+    );
+    assert_same_refusal(
+        &path,
+        "server",
+        Role::Server,
+        "intermediate certificate 2 (O=hitless test PKI, CN=Inspect Not A CA) is not a CA",
+    );
+
+    // An expired intermediate (the leaf itself is valid).
+    let expired = ca.new_intermediate_with("Inspect Expired", KeyType::EcP256, |p| {
+        p.not_before = now - Duration::days(30);
+        p.not_after = now - Duration::days(1);
+    });
+    let leaf = healthy_leaf(&expired);
+    let path = bundle_of(
+        dir.path(),
+        "expired-intermediate.pem",
+        &[&leaf.cert_pem, &expired.cert_pem()],
+        &leaf,
+    );
+    assert_same_refusal(
+        &path,
+        "server",
+        Role::Server,
+        "intermediate certificate 2 (O=hitless test PKI, CN=Inspect Expired) expired at",
+    );
+}
+
+#[test]
+fn role_decides_for_a_client_only_leaf() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = root();
+    let now = OffsetDateTime::now_utc();
+    let leaf = ca.issue(
+        &LeafSpec::client("localhost").valid(now - Duration::hours(1), now + Duration::days(30)),
+    );
+    let path = bundle_of(dir.path(), "client.pem", &[&leaf.cert_pem], &leaf);
+
+    // As `serve` loads it: refused, with the library's reason.
+    assert_same_refusal(
+        &path,
+        "server",
+        Role::Server,
+        "the leaf, certificate 1 (CN=localhost), has extendedKeyUsage without serverAuth \
+         (clientAuth)",
+    );
+    // As a client identity, or when the use is not said: fine, and it says what it is for.
+    for role in [("client", Role::Client), ("any", Role::Any)] {
+        library_verdict(&path, role.1).expect("the library accepts it");
+        let out = inspect(&[&path, &"--role", &role.0]);
+        assert_eq!(code(&out), 0, "{}", show(&out));
+        let text = stdout(&out);
+        assert!(
+            text.contains("usable as    client identity\n"),
+            "{}",
+            show(&out)
+        );
+        assert!(text.contains("ext. usage   clientAuth\n"), "{}", show(&out));
+    }
+    let out = inspect(&[&path]);
+    assert_eq!(code(&out), 0, "the default role is any: {}", show(&out));
+}
+
+#[test]
+fn of_two_leaves_for_one_key_the_newer_is_the_leaf() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = root();
+    let now = OffsetDateTime::now_utc();
+    // The old leaf (expired) first, then its renewal for the same key.
+    let old = ca.issue(
+        &LeafSpec::server("localhost").valid(now - Duration::days(30), now - Duration::days(1)),
+    );
+    let renewed = ca.issue_for_key_of(
+        &LeafSpec::server("localhost").valid(now - Duration::hours(1), now + Duration::days(30)),
+        &old,
+    );
+    let path = bundle_of(
+        dir.path(),
+        "renewed.pem",
+        &[&old.cert_pem, &renewed.cert_pem],
+        &old,
+    );
+    let served = Identity::load(&IdentitySource::bundle(&path), Role::Server)
+        .expect("the library serves the renewal");
+    assert_eq!(served.leaf().fingerprint, renewed.fingerprint_sha256_hex());
+
+    let out = inspect(&[&path, &"--role", &"server"]);
+    let text = stdout(&out);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert!(text.contains("certificate 2 (leaf)"), "{}", show(&out));
+    assert!(text.contains("matches certificate 2"), "{}", show(&out));
+    assert!(
+        text.contains(
+            "certificate 1 (CN=localhost) is another certificate for the same key: hitless \
+             serves certificate 2"
+        ),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        text.contains("usable as    server identity"),
+        "{}",
+        show(&out)
+    );
+}
+
+/// Runs `hitless inspect ARGS...` with at most 1 GiB of address space, killing it and failing
+/// if it has not ended within a minute. It should end at once; the bounds only keep a
+/// regression (reading `/dev/zero` to the end, waiting on a pipe) from eating the machine's
+/// memory or hanging the suite.
+fn inspect_bounded(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "ulimit -v 1048576 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_hitless"))
+        .arg("inspect")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for a in args {
+        cmd.arg(a);
+    }
+    let mut child = cmd.spawn().expect("run hitless inspect");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if child
+            .try_wait()
+            .expect("wait for hitless inspect")
+            .is_some()
+        {
+            return child.wait_with_output().expect("collect the output");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "hitless inspect {:?} did not end",
+                cmd.get_args().collect::<Vec<_>>()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn devices_and_pipes_are_refused_not_read() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let zero = Path::new("/dev/zero");
+    let out = inspect_bounded(&[&zero]);
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    assert!(
+        stdout(&out).contains("/dev/zero: cannot read: not a regular file"),
+        "{}",
+        show(&out)
+    );
+
+    // A named pipe nobody writes to: opening it would block forever.
+    let fifo = dir.path().join("identity.pem");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    let out = inspect_bounded(&[&fifo]);
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "{}: cannot read: not a regular file",
+            fifo.display()
+        )),
+        "{}",
+        show(&out)
+    );
+
+    // The same for a key file and a PKCS#12 password file.
+    let (cert, _) = healthy_leaf(&root()).write_pair(dir.path(), "a.crt", "a.key");
+    let out = inspect_bounded(&[&cert, &"--key", &zero]);
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    assert!(
+        stdout(&out).contains("not a regular file"),
+        "{}",
+        show(&out)
+    );
+    let p12 = write(dir.path(), "x.p12", b"\x30\x03\x02\x01\x03");
+    let out = inspect_bounded(&[&p12, &"--password-file", &fifo]);
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    assert!(
+        stdout(&out).contains("not a regular file"),
+        "{}",
+        show(&out)
+    );
 }

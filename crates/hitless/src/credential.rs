@@ -14,7 +14,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 
 use crate::detect::{self, Detection, Detector, Target, DEFAULT_QUIET_PERIOD};
-use crate::identity::{default_provider, Identity, Validation};
+use crate::identity::{default_provider, Identity, Role, Validation};
 use crate::reload::{Attempt, Load, Reloading};
 use crate::snapshot::{lock, Event, EventCallback, Events, Snapshot, Status};
 use crate::source::{files, pem, IdentitySource};
@@ -25,23 +25,24 @@ use crate::Error;
 pub(crate) struct IdentityLoader {
     source: IdentitySource,
     rules: Validation,
-    /// (path, mode) pairs already warned about, so each is logged once.
-    warned_modes: Mutex<HashSet<(PathBuf, u32)>>,
     /// Files already reported as having PEM blocks run together.
     warned_run_together: Mutex<HashSet<PathBuf>>,
 }
 
 impl IdentityLoader {
-    fn new(source: IdentitySource, accept_expired: bool, provider: Arc<CryptoProvider>) -> Self {
+    pub(crate) fn new(source: IdentitySource, rules: Validation) -> Self {
         IdentityLoader {
             source,
-            rules: Validation {
-                accept_expired,
-                provider,
-            },
-            warned_modes: Mutex::default(),
+            rules,
             warned_run_together: Mutex::default(),
         }
+    }
+
+    /// One read and validation, as a reload does it (for [`Identity::load`]).
+    pub(crate) fn load_once(&self) -> Result<Identity, Error> {
+        let paths = self.source.paths();
+        let files = files::read_stable(&paths)?;
+        self.load(&files)
     }
 
     fn note_run_together(&self, path: &std::path::Path, run_together: bool) {
@@ -86,21 +87,26 @@ impl Load for IdentityLoader {
             self.note_run_together(key_path, keys.run_together);
             Identity::from_sections(cert_path, &certs, key_path, &keys, &self.rules)?
         };
-        if let Some(mode) = files::loose_key_mode(key_path) {
-            if lock(&self.warned_modes).insert((key_path.to_owned(), mode)) {
-                tracing::warn!(
-                    file = %key_path.display(),
-                    mode = format!("{mode:04o}"),
-                    "private key file is readable by group or others (mode {mode:04o}); \
-                     make it 0600 (an agent template can set perms = \"0600\")"
-                );
-            }
-        }
         Ok(identity)
     }
 
     fn fingerprint(value: &Identity) -> String {
         value.leaf().fingerprint.clone()
+    }
+
+    fn secret_files(&self) -> Vec<(PathBuf, &'static str)> {
+        match &self.source {
+            IdentitySource::Pkcs12 { path, password } => {
+                let mut secrets = vec![(path.clone(), "PKCS#12 file (it holds a private key)")];
+                secrets.extend(password.path().map(|p| (p.to_path_buf(), "password file")));
+                secrets
+            }
+            source => vec![(source.key_path().to_path_buf(), "private key file")],
+        }
+    }
+
+    fn writers_decide(&self) -> &'static str {
+        "what this identity presents"
     }
 
     fn validity(value: &Identity) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
@@ -152,11 +158,13 @@ impl Default for Options {
 }
 
 impl<L: Load> Shared<L> {
-    /// Loads once (failing unless `allow_empty`), then starts the detector.
+    /// Loads once (failing unless `allow_empty`), then starts the detector (`load_on`: where
+    /// an `on-handshake` check loads a change it finds).
     pub(crate) fn start(
         loader: L,
         default_name: String,
         options: Options,
+        load_on: detect::LoadOn,
     ) -> Result<Arc<Self>, Error> {
         let name = options.name.clone().unwrap_or(default_name);
         let reloading = new_reloading(name.clone(), loader, &options);
@@ -167,9 +175,11 @@ impl<L: Load> Shared<L> {
         }
         let target: Arc<dyn Target> = reloading.clone();
         let on_handshake = match options.detection {
-            Detection::OnHandshake { ttl } => {
-                Some(detect::OnHandshake::new(ttl, vec![Arc::downgrade(&target)]))
-            }
+            Detection::OnHandshake { ttl } => Some(detect::OnHandshake::new(
+                ttl,
+                load_on,
+                vec![Arc::downgrade(&target)],
+            )),
             _ => None,
         };
         let detector = detect::spawn(
@@ -340,21 +350,41 @@ pub struct IdentityBuilder {
     source: IdentitySource,
     options: Options,
     accept_expired: bool,
+    role: Role,
     provider: Option<Arc<CryptoProvider>>,
 }
 
 impl IdentityBuilder {
     common_builder_methods!();
 
-    /// Accept a leaf that is expired or not yet valid (default: refuse it, keep the last good
-    /// one). Peers will refuse such a certificate; this exists for tests and odd clocks.
+    /// Accept a leaf (and intermediates) expired or not yet valid (default: refuse them, keep
+    /// the last good identity). Peers will refuse such a certificate; this exists for tests and
+    /// odd clocks.
     pub fn accept_expired(mut self, accept: bool) -> Self {
         self.accept_expired = accept;
         self
     }
 
-    /// The rustls crypto provider used to load keys (default: the process default, else
-    /// aws-lc-rs).
+    /// What the identity is presented for, which decides the extendedKeyUsage its chain must
+    /// allow: [`Role::Server`] (`serverAuth`) for a server certificate, [`Role::Client`]
+    /// (`clientAuth`) for a client certificate in mutual TLS. Default [`Role::Any`]: either.
+    /// A file whose chain does not allow the role is refused like an expired one.
+    ///
+    /// ```no_run
+    /// use hitless::{IdentitySource, ReloadingIdentity, Role};
+    /// # fn main() -> Result<(), hitless::Error> {
+    /// let client = ReloadingIdentity::builder(IdentitySource::bundle("client.pem"))
+    ///     .role(Role::Client)
+    ///     .build()?;
+    /// # let _ = client; Ok(()) }
+    /// ```
+    pub fn role(mut self, role: Role) -> Self {
+        self.role = role;
+        self
+    }
+
+    /// The rustls crypto provider used to load keys and verify the chain's signatures
+    /// (default: the process default, else aws-lc-rs).
     pub fn crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
         self.provider = Some(provider);
         self
@@ -366,11 +396,15 @@ impl IdentityBuilder {
         let default_name = self.source.cert_path().display().to_string();
         let loader = IdentityLoader::new(
             self.source,
-            self.accept_expired,
-            self.provider.unwrap_or_else(default_provider),
+            Validation {
+                accept_expired: self.accept_expired,
+                role: self.role,
+                provider: self.provider.unwrap_or_else(default_provider),
+            },
         );
         Ok(ReloadingIdentity {
-            shared: Shared::start(loader, default_name, self.options)?,
+            // The identity is checked by its resolver, on the handshake's own task.
+            shared: Shared::start(loader, default_name, self.options, detect::LoadOn::Caller)?,
         })
     }
 }
@@ -395,6 +429,7 @@ impl ReloadingIdentity {
             source,
             options: Options::default(),
             accept_expired: false,
+            role: Role::Any,
             provider: None,
         }
     }
@@ -469,7 +504,14 @@ impl TrustBuilder {
             .unwrap_or_else(|| "trust".into());
         let loader = TrustLoader::new(self.source, self.provider);
         Ok(ReloadingTrust {
-            shared: Shared::start(loader, default_name, self.options)?,
+            // The trust is checked from `ReloadingServerConfig::current()`, on accept loops: a
+            // slow reload must not stop them.
+            shared: Shared::start(
+                loader,
+                default_name,
+                self.options,
+                detect::LoadOn::OneShotThread,
+            )?,
         })
     }
 }
@@ -579,8 +621,9 @@ impl SetInner {
 /// Several server identities, each reloading on its own, served by SNI.
 ///
 /// One broken identity never affects the others: each keeps its own last known good value.
-/// All identities share one detector thread. See [`SniResolver`](crate::SniResolver) for the
-/// selection rules.
+/// Every identity is validated for [`Role::Server`](crate::Role::Server): a chain whose
+/// extendedKeyUsage does not allow `serverAuth` is refused. All identities share one detector
+/// thread. See [`SniResolver`](crate::SniResolver) for the selection rules.
 ///
 /// ```no_run
 /// use hitless::{IdentitySource, MemberOptions, ServerIdentities};
@@ -625,13 +668,14 @@ impl ServerIdentitiesBuilder {
         self
     }
 
-    /// Accept leaves that are expired or not yet valid (default: refuse them).
+    /// Accept leaves (and intermediates) that are expired or not yet valid (default: refuse
+    /// them).
     pub fn accept_expired(mut self, accept: bool) -> Self {
         self.accept_expired = accept;
         self
     }
 
-    /// The rustls crypto provider used to load keys.
+    /// The rustls crypto provider used to load keys and verify the chains' signatures.
     pub fn crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
         self.provider = Some(provider);
         self
@@ -652,7 +696,15 @@ impl ServerIdentitiesBuilder {
                 .name
                 .clone()
                 .unwrap_or_else(|| source.cert_path().display().to_string());
-            let loader = IdentityLoader::new(source, self.accept_expired, provider.clone());
+            // Served by a server resolver: the chains must allow serverAuth.
+            let loader = IdentityLoader::new(
+                source,
+                Validation {
+                    accept_expired: self.accept_expired,
+                    role: Role::Server,
+                    provider: provider.clone(),
+                },
+            );
             let reloading = new_reloading(name, loader, &self.options);
             if let Attempt::Failed { error, .. } = reloading.attempt(true) {
                 if !self.options.allow_empty {
@@ -673,7 +725,11 @@ impl ServerIdentitiesBuilder {
             })
             .collect();
         let on_handshake = match self.options.detection {
-            Detection::OnHandshake { ttl } => Some(detect::OnHandshake::new(ttl, targets.clone())),
+            Detection::OnHandshake { ttl } => Some(detect::OnHandshake::new(
+                ttl,
+                detect::LoadOn::Caller,
+                targets.clone(),
+            )),
             _ => None,
         };
         let inner = Arc::new(SetInner {

@@ -170,6 +170,17 @@ pub enum Error {
         /// The credential's name.
         name: String,
     },
+
+    /// The certificate chain of an identity is not one a peer accepts: a certificate not signed
+    /// by the next one, an intermediate that is not a CA or is out of its validity period, an
+    /// extendedKeyUsage that does not allow the identity's role.
+    #[error("{path}: invalid certificate chain: {reason}")]
+    Chain {
+        /// The certificate (or bundle, or keystore) file.
+        path: PathBuf,
+        /// Which certificate breaks which rule.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -192,7 +203,8 @@ impl Error {
             | Error::WrongPassword { path }
             | Error::Watch { path, .. }
             | Error::Trust { path, .. }
-            | Error::Crl { path, .. } => Some(path),
+            | Error::Crl { path, .. }
+            | Error::Chain { path, .. } => Some(path),
             Error::KeyMismatch { key_path, .. } => Some(key_path),
             Error::NotLoaded { .. } => None,
         }

@@ -3,9 +3,12 @@
 //!
 //! Building an [`Identity`] is where every rule about *what may be served* lives: the key must
 //! match a certificate in the input (that certificate is the leaf, wherever it sits in the file),
-//! the chain is ordered leaf → issuers, and the leaf must be within its validity period unless
-//! the caller accepts expired certificates. Nothing here touches the disk or knows about
-//! reloading.
+//! the chain is ordered leaf → issuers, and the whole chain must be one a peer accepts: each
+//! certificate signed by the next one's key, each within its validity period, every
+//! intermediate a CA, and the extended key usage of each certificate allowing the identity's
+//! [`Role`]. A file that breaks a rule is refused with the rule it breaks, like an expired leaf,
+//! so a reloader keeps serving its last good identity. Nothing here touches the disk (except
+//! [`Identity::load`], a one-shot read for tools) or knows about reloading.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -13,15 +16,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::SignatureVerificationAlgorithm;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use rustls::{SignatureAlgorithm, SignatureScheme};
 use sha2::{Digest, Sha256};
+use x509_parser::asn1_rs::Any;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use x509_parser::public_key::PublicKey;
 
 use crate::source::pem::Sections;
-use crate::Error;
+use crate::{Error, IdentitySource};
 
 /// Facts about one X.509 certificate, for status pages, logs and selection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +52,9 @@ pub struct CertInfo {
     pub key_type: String,
     /// Whether the certificate is a CA (basicConstraints cA).
     pub is_ca: bool,
+    /// The purposes of the extendedKeyUsage extension (`serverAuth`, `clientAuth`,
+    /// `codeSigning`, ... or a dotted OID), `None` without the extension (any purpose).
+    pub extended_key_usage: Option<Vec<String>>,
 }
 
 impl CertInfo {
@@ -90,6 +98,7 @@ impl CertInfo {
             not_after: unix_to_system(validity.not_after.timestamp()),
             key_type: key_type(cert),
             is_ca: cert.is_ca(),
+            extended_key_usage: extended_key_usage(cert),
         }
     }
 
@@ -129,12 +138,44 @@ const ALL_SCHEMES: &[SignatureScheme] = &[
     SignatureScheme::RSA_PKCS1_SHA512,
 ];
 
+/// What an identity is presented for: it decides which extended key usage its chain needs.
+///
+/// Peers check the extendedKeyUsage extension of every certificate they are sent (rustls,
+/// OpenSSL and Go alike): a server certificate whose chain does not allow `serverAuth`, or a
+/// client certificate whose chain does not allow `clientAuth`, fails every handshake. A
+/// certificate without the extension allows every purpose; `anyExtendedKeyUsage` alone does
+/// not count, because rustls and OpenSSL refuse it for TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Role {
+    /// Presented by a TLS server: the chain must allow `serverAuth`.
+    Server,
+    /// Presented by a TLS client (mutual TLS): the chain must allow `clientAuth`.
+    Client,
+    /// Not known (the default of [`IdentityBuilder`](crate::IdentityBuilder)): the chain must
+    /// allow `serverAuth` or `clientAuth`.
+    #[default]
+    Any,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Server => "server",
+            Role::Client => "client",
+            Role::Any => "any",
+        })
+    }
+}
+
 /// Rules applied when validating an identity.
 #[derive(Debug, Clone)]
 pub(crate) struct Validation {
-    /// Accept a leaf outside its validity period.
+    /// Accept certificates outside their validity period (leaf and intermediates).
     pub(crate) accept_expired: bool,
-    /// The crypto provider that loads private keys.
+    /// What the identity is presented for (which extended key usage it needs).
+    pub(crate) role: Role,
+    /// The crypto provider that loads private keys and verifies the chain's signatures.
     pub(crate) provider: Arc<CryptoProvider>,
 }
 
@@ -142,6 +183,7 @@ impl Default for Validation {
     fn default() -> Self {
         Validation {
             accept_expired: false,
+            role: Role::Any,
             provider: default_provider(),
         }
     }
@@ -155,14 +197,33 @@ pub(crate) fn default_provider() -> Arc<CryptoProvider> {
 }
 
 impl Identity {
+    /// Reads `source` once and validates it exactly as a
+    /// [`ReloadingIdentity`](crate::ReloadingIdentity) built with
+    /// [`role(role)`](crate::IdentityBuilder::role) does on each reload: the same bounded reader
+    /// (regular files only, size-limited), the same rules, the process-default crypto provider.
+    /// For tools that must give the verdict a server would (`hitless inspect`); nothing is
+    /// watched.
+    pub fn load(source: &IdentitySource, role: Role) -> Result<Identity, Error> {
+        let rules = Validation {
+            role,
+            ..Validation::default()
+        };
+        crate::credential::IdentityLoader::new(source.clone(), rules).load_once()
+    }
+
     /// Validates PEM certificates and a key: `cert_pem` read from `cert_path`, `key_pem` from
-    /// `key_path` (for a bundle, the same bytes and path twice).
+    /// `key_path` (for a bundle, the same bytes and path twice), for [`Role::Any`].
     ///
     /// Rules, in order: exactly one private key; the leaf is the certificate whose public key
-    /// matches it, wherever it is in the file; the chain sent is the leaf followed by its issuers,
-    /// found by name, in order; self-signed roots are not sent (a peer must already trust its
-    /// root, and sending it only costs bytes); certificates that are not issuers of the leaf are
-    /// ignored; the leaf must be valid now unless `accept_expired`.
+    /// matches it, wherever it is in the file (several such certificates, as when a renewal is
+    /// appended to the old one: the newest whose chain passes); the leaf must be valid now;
+    /// the chain sent is the leaf followed by its issuers, found by
+    /// name and checked by signature, in order; self-signed roots are not sent (a peer must
+    /// already trust its root, and sending it only costs bytes), but a root in the file must
+    /// have signed the last certificate sent; every intermediate must be a CA (basicConstraints
+    /// CA:TRUE, keyCertSign if keyUsage is present, pathLenConstraint respected) within its
+    /// validity period; every certificate's extendedKeyUsage, if present, must allow the role;
+    /// certificates that are not issuers of the leaf are ignored.
     pub fn from_pem(
         cert_path: &Path,
         cert_pem: &[u8],
@@ -247,35 +308,41 @@ impl Identity {
             parsed.push(cert);
         }
 
-        let leaf_index = parsed
-            .iter()
-            .position(|c| c.public_key().raw == key_spki.as_slice())
-            .ok_or_else(|| Error::KeyMismatch {
-                cert_path: cert_path.to_owned(),
-                key_path: key_path.to_owned(),
-            })?;
-
-        // Order: leaf, then each issuer found by name; stop at a self-signed root (not sent).
-        let mut order = vec![leaf_index];
-        let mut current = leaf_index;
-        loop {
-            let issuer = parsed[current].issuer().as_raw();
-            if parsed[current].subject().as_raw() == issuer {
-                break;
-            }
-            let next = (0..parsed.len()).find(|&i| {
-                !order.contains(&i)
-                    && parsed[i].subject().as_raw() == issuer
-                    && parsed[i].subject().as_raw() != parsed[i].issuer().as_raw()
-            });
-            match next {
-                Some(i) => {
-                    order.push(i);
-                    current = i;
+        // Every certificate of the key is a candidate leaf: a bundle may hold a renewed leaf
+        // next to the one it replaces. The newest whose chain passes wins (ties: the first in
+        // the file); if none passes, the newest one's reason is the one worth reading.
+        let now = SystemTime::now();
+        let mut chosen: Option<Vec<usize>> = None;
+        let mut refusal: Option<((SystemTime, SystemTime), Error)> = None;
+        for leaf in (0..parsed.len()).filter(|&i| parsed[i].public_key().raw == key_spki.as_slice())
+        {
+            let age = validity(&parsed[leaf]);
+            match validate_chain(cert_path, &parsed, leaf, rules, now) {
+                Ok(order) => {
+                    if chosen
+                        .as_ref()
+                        .is_none_or(|best| age > validity(&parsed[best[0]]))
+                    {
+                        chosen = Some(order);
+                    }
                 }
-                None => break,
+                Err(e) => {
+                    if refusal.as_ref().is_none_or(|(newest, _)| age > *newest) {
+                        refusal = Some((age, e));
+                    }
+                }
             }
         }
+        let order = match (chosen, refusal) {
+            (Some(order), _) => order,
+            (None, Some((_, error))) => return Err(error),
+            (None, None) => {
+                return Err(Error::KeyMismatch {
+                    cert_path: cert_path.to_owned(),
+                    key_path: key_path.to_owned(),
+                })
+            }
+        };
 
         let chain_der: Vec<CertificateDer<'static>> =
             order.iter().map(|&i| certs[i].clone()).collect();
@@ -288,22 +355,6 @@ impl Identity {
             .iter()
             .map(|&i| parsed[i].issuer().as_raw().to_vec())
             .collect();
-
-        if !rules.accept_expired {
-            let now = SystemTime::now();
-            if now < leaf.not_before {
-                return Err(Error::NotYetValid {
-                    path: cert_path.to_owned(),
-                    not_before: leaf.not_before,
-                });
-            }
-            if now > leaf.not_after {
-                return Err(Error::Expired {
-                    path: cert_path.to_owned(),
-                    not_after: leaf.not_after,
-                });
-            }
-        }
 
         let algorithm = signing_key.algorithm();
         let schemes = ALL_SCHEMES
@@ -356,6 +407,370 @@ impl Identity {
     /// The private key's algorithm.
     pub fn algorithm(&self) -> SignatureAlgorithm {
         self.algorithm
+    }
+
+    /// Whether the extendedKeyUsage of every certificate sent allows `role` (an identity loaded
+    /// for [`Role::Any`] may be usable as a server identity, a client identity, or both).
+    pub fn allows(&self, role: Role) -> bool {
+        let allows = |purpose: &str| {
+            self.chain.iter().all(|c| {
+                c.extended_key_usage
+                    .as_ref()
+                    .is_none_or(|usage| usage.iter().any(|u| u == purpose))
+            })
+        };
+        match role {
+            Role::Server => allows("serverAuth"),
+            Role::Client => allows("clientAuth"),
+            Role::Any => allows("serverAuth") || allows("clientAuth"),
+        }
+    }
+}
+
+/// Orders the chain sent for `leaf` (the leaf, then its issuers) and checks it as a peer would,
+/// short of the trust anchor, which only the peer has: returns the indices into `certs`, or the
+/// first rule broken.
+///
+/// Order of the checks, so that the reason given is the most useful one: the leaf's validity
+/// period (its own errors, as before chains were checked); each signature, found by name then
+/// verified with the provider's algorithms (among several issuers of the same name, the ones
+/// whose key verifies are kept, and of those the one valid now and newest); each
+/// intermediate's CA flag, key usage, path length and validity period; the extended key usage
+/// of every certificate against the role.
+fn validate_chain(
+    path: &Path,
+    certs: &[X509Certificate<'_>],
+    leaf: usize,
+    rules: &Validation,
+    now: SystemTime,
+) -> Result<Vec<usize>, Error> {
+    let refuse = |reason: String| Error::Chain {
+        path: path.to_owned(),
+        reason,
+    };
+    let name = |i: usize| format!("certificate {} ({})", i + 1, certs[i].subject());
+
+    let (not_before, not_after) = validity(&certs[leaf]);
+    if !rules.accept_expired {
+        if now < not_before {
+            return Err(Error::NotYetValid {
+                path: path.to_owned(),
+                not_before,
+            });
+        }
+        if now > not_after {
+            return Err(Error::Expired {
+                path: path.to_owned(),
+                not_after,
+            });
+        }
+    }
+
+    let algorithms = rules.provider.signature_verification_algorithms.all;
+    let mut order = vec![leaf];
+    let mut child = leaf;
+    // Each turn adds an unused certificate, so this ends within `certs.len()` turns.
+    loop {
+        let issuer = certs[child].issuer().as_raw();
+        if certs[child].subject().as_raw() == issuer {
+            // Self-issued: a self-signed leaf has nothing above it.
+            break;
+        }
+        let named: Vec<usize> = (0..certs.len())
+            .filter(|i| !order.contains(i) && certs[*i].subject().as_raw() == issuer)
+            .collect();
+        let (roots, intermediates): (Vec<usize>, Vec<usize>) = named
+            .into_iter()
+            .partition(|&i| certs[i].subject().as_raw() == certs[i].issuer().as_raw());
+        if intermediates.is_empty() {
+            // The chain sent ends here. A root in the file is not sent, but it must be the
+            // one that signed the chain (a stale root left in a bundle after a CA rotation
+            // means the chain is not the one the peers trust).
+            if let Some(&first) = roots.first() {
+                if !roots
+                    .iter()
+                    .any(|&r| check_signature(algorithms, &certs[child], &certs[r]).is_ok())
+                {
+                    let why = check_signature(algorithms, &certs[child], &certs[first]);
+                    return Err(refuse(not_signed(&name(first), &name(child), why)));
+                }
+            }
+            break;
+        }
+        let next = intermediates
+            .iter()
+            .copied()
+            .filter(|&i| check_signature(algorithms, &certs[child], &certs[i]).is_ok())
+            .min_by_key(|&i| {
+                let (from, to) = validity(&certs[i]);
+                std::cmp::Reverse((from <= now && now <= to, from, to))
+            });
+        let Some(next) = next else {
+            let first = intermediates[0];
+            let why = check_signature(algorithms, &certs[child], &certs[first]);
+            return Err(refuse(not_signed(&name(first), &name(child), why)));
+        };
+        order.push(next);
+        child = next;
+    }
+
+    for (depth, &i) in order.iter().enumerate().skip(1) {
+        let cert = &certs[i];
+        match cert.basic_constraints() {
+            Ok(Some(bc)) if bc.value.ca => {
+                // Intermediates between this one and the leaf.
+                let below = depth - 1;
+                if let Some(limit) = bc.value.path_len_constraint {
+                    if u32::try_from(below).map_or(true, |b| b > limit) {
+                        return Err(refuse(format!(
+                            "intermediate {} allows {limit} intermediate(s) below it \
+                             (pathLenConstraint), and the chain has {below}",
+                            name(i)
+                        )));
+                    }
+                }
+            }
+            Ok(_) => {
+                return Err(refuse(format!(
+                    "intermediate {} is not a CA (no basicConstraints CA:TRUE): peers refuse a \
+                     chain through it",
+                    name(i)
+                )))
+            }
+            Err(e) => {
+                return Err(refuse(format!(
+                    "intermediate {} has an unreadable basicConstraints extension: {e}",
+                    name(i)
+                )))
+            }
+        }
+        if let Ok(Some(usage)) = cert.key_usage() {
+            if !usage.value.key_cert_sign() {
+                return Err(refuse(format!(
+                    "intermediate {} may not sign certificates (keyUsage without keyCertSign)",
+                    name(i)
+                )));
+            }
+        }
+        if !rules.accept_expired {
+            let (from, to) = validity(cert);
+            if now < from {
+                return Err(refuse(format!(
+                    "intermediate {} is not valid before {}",
+                    name(i),
+                    rfc3339(from)
+                )));
+            }
+            if now > to {
+                return Err(refuse(format!(
+                    "intermediate {} expired at {}",
+                    name(i),
+                    rfc3339(to)
+                )));
+            }
+        }
+    }
+
+    check_purposes(&order, certs, rules.role, &name).map_err(refuse)?;
+    Ok(order)
+}
+
+/// Checks the extendedKeyUsage of every certificate of `order` against `role`.
+fn check_purposes(
+    order: &[usize],
+    certs: &[X509Certificate<'_>],
+    role: Role,
+    name: &dyn Fn(usize) -> String,
+) -> Result<(), String> {
+    let describe = |depth: usize, i: usize| {
+        if depth == 0 {
+            format!("the leaf, {},", name(i))
+        } else {
+            format!("intermediate {}", name(i))
+        }
+    };
+    // For `Role::Any`: the first certificate without serverAuth and the first without
+    // clientAuth, if any (each alone may be fine, together they allow neither).
+    let mut no_server = None;
+    let mut no_client = None;
+    for (depth, &i) in order.iter().enumerate() {
+        let usage = match certs[i].extended_key_usage() {
+            Ok(None) => continue,
+            Ok(Some(usage)) => usage.value,
+            Err(e) => {
+                return Err(format!(
+                    "{} has an unreadable extendedKeyUsage extension: {e}",
+                    describe(depth, i)
+                ))
+            }
+        };
+        let listed = eku_names(usage).join(", ");
+        let listed = if listed.is_empty() {
+            "none".to_string()
+        } else {
+            listed
+        };
+        let lacks = |purpose: &str, what: &str| {
+            format!(
+                "{} has extendedKeyUsage without {purpose} ({listed}): it cannot be used in a \
+                 {what} identity",
+                describe(depth, i)
+            )
+        };
+        match role {
+            Role::Server if !usage.server_auth => return Err(lacks("serverAuth", "server")),
+            Role::Client if !usage.client_auth => return Err(lacks("clientAuth", "client")),
+            Role::Any if !usage.server_auth && !usage.client_auth => {
+                return Err(lacks("serverAuth or clientAuth", "TLS"))
+            }
+            _ => {}
+        }
+        if !usage.server_auth && no_server.is_none() {
+            no_server = Some(format!("{} lists {listed}", name(i)));
+        }
+        if !usage.client_auth && no_client.is_none() {
+            no_client = Some(format!("{} lists {listed}", name(i)));
+        }
+    }
+    if let (Some(a), Some(b)) = (no_server, no_client) {
+        return Err(format!(
+            "the chain allows neither serverAuth nor clientAuth ({a} without serverAuth; {b} \
+             without clientAuth): it cannot be used in a TLS identity"
+        ));
+    }
+    Ok(())
+}
+
+/// Why `issuer` is not accepted as the signer of `child`.
+fn not_signed(issuer: &str, child: &str, why: Result<(), SignatureProblem>) -> String {
+    match why {
+        Err(SignatureProblem::Unsupported(algorithm)) => format!(
+            "cannot check that {issuer} signs {child}: the crypto provider does not support \
+             {algorithm}"
+        ),
+        Err(SignatureProblem::Malformed) => {
+            format!("cannot check that {issuer} signs {child}: malformed signature or public key")
+        }
+        // `Ok` cannot happen here (the caller found no valid signature); say the plain fact.
+        Err(SignatureProblem::Invalid) | Ok(()) => format!(
+            "{issuer} does not sign {child} (same name, other key: not the issuer of this chain)"
+        ),
+    }
+}
+
+/// Why a signature was not accepted.
+#[derive(Debug)]
+enum SignatureProblem {
+    /// It does not verify with the issuer's key.
+    Invalid,
+    /// No algorithm of the provider fits the signature and key types (named here).
+    Unsupported(String),
+    /// The certificate or the key could not be taken apart.
+    Malformed,
+}
+
+/// Verifies that `issuer`'s key signed `child`, with the crypto provider's algorithms, as
+/// webpki does during a handshake: the algorithm is the one whose signature identifier equals
+/// the certificate's and whose public key identifier equals the issuer key's.
+fn check_signature(
+    algorithms: &[&dyn SignatureVerificationAlgorithm],
+    child: &X509Certificate<'_>,
+    issuer: &X509Certificate<'_>,
+) -> Result<(), SignatureProblem> {
+    let signed = signed_parts(child.as_raw()).ok_or(SignatureProblem::Malformed)?;
+    let (key_algorithm, key) =
+        spki_parts(issuer.public_key().raw).ok_or(SignatureProblem::Malformed)?;
+    let algorithm = algorithms
+        .iter()
+        .find(|a| {
+            a.signature_alg_id().as_ref() == signed.algorithm
+                && a.public_key_alg_id().as_ref() == key_algorithm
+        })
+        .ok_or_else(|| {
+            SignatureProblem::Unsupported(format!(
+                "signature algorithm {} with a {} key",
+                child.signature_algorithm.algorithm.to_id_string(),
+                key_type(issuer)
+            ))
+        })?;
+    algorithm
+        .verify_signature(key, signed.message, signed.signature)
+        .map_err(|_| SignatureProblem::Invalid)
+}
+
+/// The parts of a signed X.509 structure that a signature check needs, as webpki takes them.
+struct SignedParts<'a> {
+    /// The complete DER of the signed part (`tbsCertificate`, with its header).
+    message: &'a [u8],
+    /// The contents of the `signatureAlgorithm` AlgorithmIdentifier.
+    algorithm: &'a [u8],
+    /// The signature bits.
+    signature: &'a [u8],
+}
+
+/// `SEQUENCE { tbs, signatureAlgorithm, signature BIT STRING }`.
+fn signed_parts(der: &[u8]) -> Option<SignedParts<'_>> {
+    let (_, outer) = Any::from_der(der).ok()?;
+    let body = outer.data;
+    let (rest, _) = Any::from_der(body).ok()?;
+    let message = body.get(..body.len() - rest.len())?;
+    let (rest, algorithm) = Any::from_der(rest).ok()?;
+    let (_, signature) = Any::from_der(rest).ok()?;
+    match signature.data.split_first()? {
+        (0, bits) => Some(SignedParts {
+            message,
+            algorithm: algorithm.data,
+            signature: bits,
+        }),
+        _ => None,
+    }
+}
+
+/// `SubjectPublicKeyInfo ::= SEQUENCE { algorithm AlgorithmIdentifier, key BIT STRING }`: the
+/// contents of the algorithm identifier and the key bits.
+fn spki_parts(der: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (_, outer) = Any::from_der(der).ok()?;
+    let (rest, algorithm) = Any::from_der(outer.data).ok()?;
+    let (_, key) = Any::from_der(rest).ok()?;
+    match key.data.split_first()? {
+        (0, bits) => Some((algorithm.data, bits)),
+        _ => None,
+    }
+}
+
+/// The validity period of a certificate.
+fn validity(cert: &X509Certificate<'_>) -> (SystemTime, SystemTime) {
+    let v = cert.validity();
+    (
+        unix_to_system(v.not_before.timestamp()),
+        unix_to_system(v.not_after.timestamp()),
+    )
+}
+
+/// The purposes of an extendedKeyUsage extension, by their usual names.
+fn eku_names(usage: &x509_parser::extensions::ExtendedKeyUsage<'_>) -> Vec<String> {
+    let mut names: Vec<String> = [
+        (usage.server_auth, "serverAuth"),
+        (usage.client_auth, "clientAuth"),
+        (usage.code_signing, "codeSigning"),
+        (usage.email_protection, "emailProtection"),
+        (usage.time_stamping, "timeStamping"),
+        (usage.ocsp_signing, "OCSPSigning"),
+        (usage.any, "anyExtendedKeyUsage"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, n)| n.to_string())
+    .collect();
+    names.extend(usage.other.iter().map(|oid| oid.to_id_string()));
+    names
+}
+
+/// The extendedKeyUsage of a certificate, `None` without the extension (or unreadable).
+fn extended_key_usage(cert: &X509Certificate<'_>) -> Option<Vec<String>> {
+    match cert.extended_key_usage() {
+        Ok(Some(usage)) => Some(eku_names(usage.value)),
+        _ => None,
     }
 }
 

@@ -62,8 +62,9 @@
 //!    CRLF, blocks run together on one line as a one-line agent template renders them;
 //!    symlinks as the Kubernetes `..data` swap and certbot's `live/` use them.
 //! 2. **identity / trust** ([`Identity`], [`Trust`]): a validated value. An identity is an
-//!    ordered chain whose leaf matches the key and is within its validity period; a trust is
-//!    a set of CAs and CRLs with the rustls verifiers already built from them.
+//!    ordered chain whose leaf matches the key and that a peer accepts short of its trust
+//!    anchor (signatures, validity periods, CA flags, extendedKeyUsage for its [`Role`]); a
+//!    trust is a set of CAs and CRLs with the rustls verifiers already built from them.
 //! 3. **snapshot** ([`Snapshot`]): the last known good value with its generation, kept in an
 //!    `ArcSwap`. Only a fully read and validated value becomes a snapshot.
 //! 4. **detection** ([`Detection`]): *when* to look at the files again; it only ever says "look
@@ -88,7 +89,7 @@
 //!   yet": it is retried after the quiet period (default 200 ms) and reported only if it
 //!   persists.
 //! - **Last known good**: missing, empty, truncated, unparsable, mismatched, expired or
-//!   not-yet-valid input never replaces what is serving; it is recorded in [`Status`], logged
+//!   not-yet-valid input, or a chain that does not verify, never replaces what is serving; it is recorded in [`Status`], logged
 //!   with the file and the reason, announced as an [`Event`], and retried with backoff.
 //!   Identical content is never swapped in again (a content hash decides).
 //! - **Trust means what it says**: with [`ReloadingServerConfig`] and
@@ -124,7 +125,7 @@
 //! |---|---|---|---|
 //! | [`Watch`](Detection::Watch) (default) | one detector thread per handle (a [`ServerIdentities`] set shares one) and notify's inotify thread | none: it sleeps on inotify; one inotify instance per handle, one watch per parent directory and symlink hop | milliseconds |
 //! | [`Poll`](Detection::Poll) | one detector thread per handle | one `stat` per file and symlink hop per interval (±10% jitter) | up to the interval |
-//! | [`OnHandshake`](Detection::OnHandshake) | none | a clock read per handshake; once per TTL, one handshake `stat`s the files, and on a change reads and validates them inline | up to the TTL, and only when handshakes happen |
+//! | [`OnHandshake`](Detection::OnHandshake) | none long-lived (a trust change is loaded on a thread that ends with the reload) | a clock read per handshake; once per TTL, one caller `stat`s the files; on a change an identity is read and validated inline by that handshake, a trust bundle on the short-lived thread | up to the TTL, and only when handshakes happen |
 //! | [`Manual`](Detection::Manual) | none | none | when you call `reload()` |
 //!
 //! **Per trust change and per rotation**: a new `ServerConfig`/`ClientConfig` is built (new
@@ -143,10 +144,13 @@
 //! - **`Poll`** where inotify says nothing: NFS and other network or FUSE file systems, files
 //!   written by another host or container runtime that does not propagate events; or where a
 //!   predictable, tiny background cost matters more than latency.
-//! - **`OnHandshake`** where a background thread is unwelcome (a sandbox, a process that
-//!   forks). The handshake that notices a change pays for reading and validating the files (in
-//!   an async server, on an executor thread); a service without traffic does not reload and
-//!   does not announce expiry unless it calls `check_expiry`.
+//! - **`OnHandshake`** where a long-lived background thread is unwelcome (a sandbox, a process
+//!   that forks). The handshake that notices an identity change pays for reading and validating
+//!   the files (in an async server, on an executor thread); a trust change is read on a thread
+//!   started for that one reload, because the trust is checked from
+//!   `ReloadingServerConfig::current()`, on accept loops, which must never wait for a slow read.
+//!   A service without traffic does not reload and does not announce expiry unless it calls
+//!   `check_expiry`.
 //! - **`Manual`** when something else knows when the files changed (a `SIGHUP`, an admin
 //!   endpoint, the agent's own callback): call `reload()`.
 //!
@@ -166,7 +170,8 @@
 //! `ExpiringSoon` (less than a third of the lifetime left, by default, and no renewal yet) and
 //! `Expired`. Subscribe with the builders' `on_event` or with `subscribe`; callbacks run on the
 //! thread that did the reload (the detector, the caller of `reload()`, or in `on-handshake`
-//! mode the handshake), so keep them short. Expiry is announced by the detector's timer in
+//! mode the handshake, or for a trust bundle the short-lived reload thread), so keep them
+//! short. Expiry is announced by the detector's timer in
 //! `watch` and `poll` modes; call `check_expiry` in the others.
 //!
 //! [`Status`] is what a status page shows: generation, load time, last check, last error,
@@ -177,6 +182,7 @@
 #![deny(missing_docs)]
 
 mod credential;
+mod crl;
 pub mod detect;
 mod error;
 mod identity;
@@ -186,6 +192,8 @@ mod snapshot;
 mod source;
 mod trust;
 
+#[cfg(feature = "tokio")]
+pub use crate::rustls::TlsAcceptor;
 pub use crate::rustls::{
     ClientConfigBuilder, ClientIdentityResolver, IdentityResolver, ReloadingClientConfig,
     ReloadingServerConfig, ReloadingServerVerifier, ServerConfigBuilder, SniResolver,
@@ -196,7 +204,7 @@ pub use credential::{
 };
 pub use detect::Detection;
 pub use error::Error;
-pub use identity::{CertInfo, Identity};
+pub use identity::{CertInfo, Identity, Role};
 pub use snapshot::{Event, EventCallback, Health, LastError, Snapshot, Status};
-pub use source::{IdentitySource, Password};
+pub use source::{read_credential_file, IdentitySource, Password};
 pub use trust::{CrlInfo, Trust, TrustSource};

@@ -8,6 +8,7 @@
 //!
 //! This module decides *what* happens on a reload; `detect` decides *when*.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -37,6 +38,16 @@ pub(crate) trait Load: Send + Sync + 'static {
     fn validity(_value: &Self::Value) -> Option<(SystemTime, SystemTime)> {
         None
     }
+    /// The files holding a secret (a private key, a keystore holding one, a password), each
+    /// with what it is called in the warning given when group or others may read it.
+    fn secret_files(&self) -> Vec<(PathBuf, &'static str)> {
+        Vec::new()
+    }
+    /// What whoever can write these files decides, for the warning given when group or others
+    /// may write them (this default is a trust bundle's; identities say theirs).
+    fn writers_decide(&self) -> &'static str {
+        "who is trusted"
+    }
 }
 
 /// The result of one reload attempt.
@@ -63,6 +74,8 @@ pub(crate) struct Reloading<L: Load> {
     /// Fraction of the lifetime left below which the credential is "expiring soon".
     pub(crate) expiring_soon: f64,
     expiry: Mutex<ExpiryNotes>,
+    /// (path, mode) pairs already warned about, so each is logged once.
+    warned_modes: Mutex<HashSet<(PathBuf, u32)>>,
 }
 
 /// Which expiry events were already announced, per generation.
@@ -96,6 +109,51 @@ impl<L: Load> Reloading<L> {
             events,
             expiring_soon: DEFAULT_EXPIRING_SOON,
             expiry: Mutex::default(),
+            warned_modes: Mutex::default(),
+        }
+    }
+
+    /// Warns (once per file and mode) about a secret file that group or others may read, and
+    /// about any file of the credential that group or others may write: whoever can write an
+    /// identity's files chooses what the service presents, and whoever can write a trust bundle
+    /// or CRL chooses who gets in. The mode is the one of the descriptor the bytes were read
+    /// through.
+    fn note_modes(&self, files: &files::Snapshot) {
+        let secrets = self.loader.secret_files();
+        for (path, _) in &files.files {
+            let Some(mode) = files.mode(path) else {
+                continue;
+            };
+            let secret = secrets
+                .iter()
+                .find(|(p, _)| p == path)
+                .map(|(_, what)| *what);
+            let readable = secret.is_some() && mode & files::READABLE_BY_OTHERS != 0;
+            let writable = mode & files::WRITABLE_BY_OTHERS != 0;
+            if !(readable || writable) || !lock(&self.warned_modes).insert((path.clone(), mode)) {
+                continue;
+            }
+            let mode_text = format!("{mode:04o}");
+            if readable {
+                tracing::warn!(
+                    credential = %self.name,
+                    file = %path.display(),
+                    mode = %mode_text,
+                    "{} is readable by group or others (mode {mode_text}); make it 0600 (an \
+                     agent template can set perms = \"0600\")",
+                    secret.unwrap_or("secret file")
+                );
+            }
+            if writable {
+                tracing::warn!(
+                    credential = %self.name,
+                    file = %path.display(),
+                    mode = %mode_text,
+                    "file is writable by group or others (mode {mode_text}): whoever can write \
+                     it decides {}; make it writable by its owner only (e.g. 0644)",
+                    self.loader.writers_decide()
+                );
+            }
         }
     }
 
@@ -108,12 +166,29 @@ impl<L: Load> Reloading<L> {
     /// is recorded in the status, logged and announced; without, it is only logged at debug
     /// level (the caller will retry).
     pub(crate) fn attempt(&self, report: bool) -> Attempt {
-        // Handshakes never take these locks.
-        let _serialise = lock(&self.attempt_lock);
+        // Handshakes never wait for this lock (see `try_attempt`).
+        let serialise = lock(&self.attempt_lock);
+        self.attempt_locked(report, serialise)
+    }
+
+    /// [`attempt`](Self::attempt), unless another attempt is running (a manual reload, a
+    /// detector): then `None` at once, without waiting. What the handshake path uses.
+    pub(crate) fn try_attempt(&self, report: bool) -> Option<Attempt> {
+        let serialise = match self.attempt_lock.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(self.attempt_locked(report, serialise))
+    }
+
+    /// One attempt, with the attempt lock held by the caller (released on return).
+    fn attempt_locked(&self, report: bool, _serialise: std::sync::MutexGuard<'_, ()>) -> Attempt {
         lock(&self.state).last_check = Some(SystemTime::now());
         let paths = self.loader.paths();
         let refs: Vec<&std::path::Path> = paths.iter().map(PathBuf::as_path).collect();
         let outcome = read_stable(&refs).and_then(|files| {
+            self.note_modes(&files);
             let current = self.current.load();
             if let Some(cur) = current.as_ref() {
                 if cur.digest == files.digest {

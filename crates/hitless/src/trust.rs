@@ -14,9 +14,20 @@
 //! - **A CRL file that disappears** is a failed reload like any other missing file: the last
 //!   good trust, with its CRL, stays in force and the error is reported. Revocations never
 //!   vanish because a file did.
+//! - **CRL integrity** (signature checked at load, newest CRL per issuer, no rollback): see
+//!   the `crl` module; superseded CRLs are listed by [`Trust::superseded_crls`].
+//! - **Trust anchors that are not CAs** (no basicConstraints CA:TRUE, and not a self-signed v1
+//!   root), such as a server's or a client's own certificate, are accepted (rustls trusts
+//!   whatever key an anchor holds) with a warning naming the file and the subject, and are
+//!   listed by [`Trust::non_ca_anchors`]: whoever holds such a certificate's key can mint
+//!   certificates this trust accepts.
+//! - **A PKCS#12 trust store** contributes its trusted-certificate entries and its certificate
+//!   bags that belong to no private key; the certificates of a private-key entry (its leaf and
+//!   the chain under it) are never trust anchors (see `source::pkcs12`).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use rustls::client::WebPkiServerVerifier;
@@ -25,10 +36,12 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
+use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
-use x509_parser::revocation_list::CertificateRevocationList;
+use x509_parser::x509::X509Version;
 
-use crate::identity::{default_provider, hex, unix_to_system, CertInfo};
+use crate::crl::{self, Anchor, Crl};
+use crate::identity::{default_provider, hex, CertInfo};
 use crate::reload::Load;
 use crate::snapshot::lock;
 use crate::source::{files, pem};
@@ -48,6 +61,13 @@ pub struct CrlInfo {
     pub next_update: Option<SystemTime>,
     /// How many certificates it revokes.
     pub revoked: usize,
+    /// Its CRL number (the crlNumber extension), in decimal; absent in some CRLs.
+    pub number: Option<String>,
+    /// SHA-256 fingerprint (lowercase hex) of the trusted CA whose key verified the CRL's
+    /// signature at load. `None` when the issuer is not a CA of the bundle (typically an
+    /// intermediate): its signature is then checked during handshakes, against the
+    /// intermediate the peer presents.
+    pub verified_by: Option<String>,
 }
 
 /// A validated set of trusted CAs and CRLs, with the rustls verifiers built from them.
@@ -55,8 +75,14 @@ pub struct CrlInfo {
 pub struct Trust {
     roots: Arc<RootCertStore>,
     cas: Vec<CertInfo>,
+    non_ca: Vec<CertInfo>,
     crls: Vec<CrlInfo>,
+    superseded: Vec<CrlInfo>,
     crl_ders: Vec<CertificateRevocationListDer<'static>>,
+    /// The CRLs in force, as the rollback check of the next reload compares them.
+    applied: Vec<Crl>,
+    /// The CAs, as the CRL checks need them.
+    anchors: Vec<Anchor>,
     client_verifier: Arc<dyn ClientCertVerifier>,
     server_verifier: Arc<WebPkiServerVerifier>,
     fingerprint: String,
@@ -67,6 +93,7 @@ impl std::fmt::Debug for Trust {
         f.debug_struct("Trust")
             .field("cas", &self.cas)
             .field("crls", &self.crls)
+            .field("superseded_crls", &self.superseded)
             .finish_non_exhaustive()
     }
 }
@@ -82,12 +109,28 @@ impl Trust {
         &self.cas
     }
 
-    /// Facts about each CRL.
+    /// The trust anchors that are not CAs: neither basicConstraints CA:TRUE nor a self-signed
+    /// v1 root (for instance a server's or a client's own certificate). They are trusted, and
+    /// a warning naming the file and the subject is logged at each load; whoever holds one's
+    /// private key can mint certificates this trust accepts.
+    pub fn non_ca_anchors(&self) -> &[CertInfo] {
+        &self.non_ca
+    }
+
+    /// Facts about each CRL in force: the newest of each issuer (and scope), the ones the
+    /// verifiers use.
     pub fn crls(&self) -> &[CrlInfo] {
         &self.crls
     }
 
-    /// The CRLs, DER.
+    /// The CRLs that were read but are not in force because a newer CRL of the same issuer
+    /// (and scope) was read too: a higher CRL number, or without numbers a later thisUpdate.
+    /// A warning naming both files and numbers is logged at each load.
+    pub fn superseded_crls(&self) -> &[CrlInfo] {
+        &self.superseded
+    }
+
+    /// The CRLs in force, DER (the ones [`Trust::crls`] describes, in the same order).
     pub fn crl_ders(&self) -> &[CertificateRevocationListDer<'static>] {
         &self.crl_ders
     }
@@ -102,7 +145,8 @@ impl Trust {
         &self.server_verifier
     }
 
-    /// SHA-256 over the CA certificates and CRLs, lowercase hex: changes when trust changes.
+    /// SHA-256 over the CA certificates and the CRLs in force, lowercase hex: changes when
+    /// trust changes.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
@@ -116,77 +160,99 @@ impl Trust {
         let mut hasher = Sha256::new();
         let mut roots = RootCertStore::empty();
         let mut cas = Vec::new();
+        let mut non_ca = Vec::new();
+        let mut anchors = Vec::new();
         for (i, (path, der)) in ca_certs.iter().enumerate() {
             let info = CertInfo::parse(path, i + 1, der)?;
             roots.add(der.clone()).map_err(|e| Error::Trust {
                 path: path.clone(),
                 reason: format!("certificate {} ({}): {e}", i + 1, info.subject),
             })?;
+            // CertInfo::parse succeeded, so this parse does too; stay total all the same.
+            if let Ok((_, cert)) = X509Certificate::from_der(der.as_ref()) {
+                if !is_ca(&cert) {
+                    tracing::warn!(
+                        file = %path.display(),
+                        subject = %info.subject,
+                        "trust anchor is not a CA (no basicConstraints CA:TRUE, not a self-signed \
+                         v1 root): whoever holds its private key can mint certificates this \
+                         trust accepts; trust the CA that issued it instead"
+                    );
+                    non_ca.push(info.clone());
+                }
+                anchors.push(Anchor::new(&cert, &info.fingerprint));
+            }
             hasher.update(der.as_ref());
             cas.push(info);
         }
-        let mut crl_infos = Vec::new();
-        for (path, der) in &crls {
-            let (_, crl) =
-                CertificateRevocationList::from_der(der.as_ref()).map_err(|e| Error::Crl {
+        let roots = Arc::new(roots);
+
+        let mut read = Vec::new();
+        for (path, der) in crls {
+            // What rustls-webpki refuses (no nextUpdate, a delta CRL, ...) is refused here,
+            // naming the file, before any policy looks at it.
+            WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .with_crls([der.clone()])
+                .build()
+                .map_err(|e| Error::Crl {
                     path: path.clone(),
                     reason: e.to_string(),
                 })?;
-            let info = CrlInfo {
-                path: path.clone(),
-                issuer: crl.issuer().to_string(),
-                this_update: unix_to_system(crl.last_update().timestamp()),
-                next_update: crl.next_update().map(|t| unix_to_system(t.timestamp())),
-                revoked: crl.iter_revoked_certificates().count(),
-            };
-            if let Some(next) = info.next_update {
+            read.push(Crl::read(&path, der, &anchors, provider)?);
+        }
+        let (applied, superseded) = crl::newest_per_scope(read);
+        for crl in &applied {
+            if let Some(next) = crl.info.next_update {
                 if next < SystemTime::now() {
                     tracing::warn!(
-                        file = %path.display(),
-                        issuer = %info.issuer,
+                        file = %crl.info.path.display(),
+                        issuer = %crl.info.issuer,
                         "CRL is past its next update ({}); its revocations still apply",
                         crate::identity::rfc3339(next)
                     );
                 }
             }
-            hasher.update(der.as_ref());
-            crl_infos.push(info);
+            hasher.update(crl.der.as_ref());
         }
-        let roots = Arc::new(roots);
-        let crl_ders: Vec<_> = crls.into_iter().map(|(_, d)| d).collect();
+        let crl_ders: Vec<_> = applied.iter().map(|c| c.der.clone()).collect();
         let first_path = ca_certs.first().map(|(p, _)| p.clone()).unwrap_or_default();
-        let crl_error = |e: rustls::server::VerifierBuilderError| {
-            let path = crl_infos
-                .first()
-                .map(|c| c.path.clone())
-                .unwrap_or_else(|| first_path.clone());
-            Error::Crl {
-                path,
-                reason: e.to_string(),
-            }
+        let build_error = |e: rustls::server::VerifierBuilderError| Error::Trust {
+            path: first_path.clone(),
+            reason: e.to_string(),
         };
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                 .with_crls(crl_ders.iter().cloned())
                 .allow_unknown_revocation_status()
                 .build()
-                .map_err(crl_error)?;
+                .map_err(build_error)?;
         let server_verifier =
             WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
                 .with_crls(crl_ders.iter().cloned())
                 .allow_unknown_revocation_status()
                 .build()
-                .map_err(crl_error)?;
+                .map_err(build_error)?;
         Ok(Trust {
             roots,
             cas,
-            crls: crl_infos,
+            non_ca,
+            crls: applied.iter().map(|c| c.info.clone()).collect(),
+            superseded,
             crl_ders,
+            applied,
+            anchors,
             client_verifier,
             server_verifier,
             fingerprint: hex(&hasher.finalize()),
         })
     }
+}
+
+/// A CA in the sense of the warning: basicConstraints CA:TRUE, or a self-signed v1 root (v1
+/// has no extensions, and old roots are v1).
+fn is_ca(cert: &X509Certificate<'_>) -> bool {
+    cert.is_ca()
+        || (cert.version() == X509Version::V1 && cert.subject().as_raw() == cert.issuer().as_raw())
 }
 
 /// Where a trust bundle is read from: CA files and CRL files.
@@ -226,7 +292,13 @@ impl TrustSource {
 pub(crate) struct TrustLoader {
     pub(crate) source: TrustSource,
     pub(crate) provider: Arc<CryptoProvider>,
-    pub(crate) warned_run_together: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+    pub(crate) warned_run_together: Mutex<HashSet<PathBuf>>,
+    /// The CRLs of the trust being served, which the next load must not roll back. Updated
+    /// only when a load succeeds: a good value is always the one served (`reload` swaps every
+    /// value `load` returns), and attempts are serialised there.
+    in_force: Mutex<Vec<Crl>>,
+    /// (file, issuer) of CRLs whose signature is left to the handshake, already warned about.
+    warned_unverified: Mutex<HashSet<(PathBuf, String)>>,
 }
 
 impl TrustLoader {
@@ -235,12 +307,31 @@ impl TrustLoader {
             source,
             provider: provider.unwrap_or_else(default_provider),
             warned_run_together: Default::default(),
+            in_force: Mutex::default(),
+            warned_unverified: Mutex::default(),
         }
     }
 
     fn note(&self, path: &Path, run_together: bool) {
         if run_together && lock(&self.warned_run_together).insert(path.to_owned()) {
             tracing::warn!(file = %path.display(), "PEM blocks are run together on one line; read correctly, but other tools will refuse this file");
+        }
+    }
+
+    /// Warns, once per file and issuer, about CRLs whose signature cannot be checked at load.
+    fn note_unverified(&self, trust: &Trust) {
+        for crl in trust.applied.iter().filter(|c| c.unverified()) {
+            let key = (crl.info.path.clone(), crl.info.issuer.clone());
+            if lock(&self.warned_unverified).insert(key) {
+                tracing::warn!(
+                    file = %crl.info.path.display(),
+                    issuer = %crl.info.issuer,
+                    "the CRL's issuer is not a CA of the trust bundle (an intermediate?): its \
+                     signature is checked during handshakes only, against the issuer the peer \
+                     presents; if it was signed by another key, every certificate of that \
+                     issuer is refused"
+                );
+            }
         }
     }
 }
@@ -273,13 +364,12 @@ impl Load for TrustLoader {
         }
         for (path, password) in &self.source.pkcs12_files {
             let password = password.resolve(path, files)?;
-            let certs = crate::source::pkcs12::certificates(path, files.contents(path), &password)?;
-            if certs.is_empty() {
-                return Err(Error::Trust {
-                    path: path.clone(),
-                    reason: "no certificate in the PKCS#12 trust store".into(),
-                });
-            }
+            let certs = crate::source::pkcs12::trust_anchors(
+                path,
+                files.contents(path),
+                &password,
+                &self.provider,
+            )?;
             cas.extend(certs.into_iter().map(|c| (path.clone(), c)));
         }
         if cas.is_empty() {
@@ -309,7 +399,13 @@ impl Load for TrustLoader {
                 ));
             }
         }
-        Trust::build(cas, crls, &self.provider)
+        let trust = Trust::build(cas, crls, &self.provider)?;
+        let mut in_force = lock(&self.in_force);
+        crl::check_successors(&in_force, &trust.applied, &trust.anchors)?;
+        in_force.clone_from(&trust.applied);
+        drop(in_force);
+        self.note_unverified(&trust);
+        Ok(trust)
     }
 
     fn fingerprint(value: &Trust) -> String {
@@ -319,10 +415,11 @@ impl Load for TrustLoader {
     fn describe(value: &Trust) -> String {
         let subjects: Vec<&str> = value.cas.iter().map(|c| c.subject.as_str()).collect();
         format!(
-            "trust bundle cas=[{}] crls={} revoked={}",
+            "trust bundle cas=[{}] crls={} revoked={} superseded_crls={}",
             subjects.join("; "),
             value.crls.len(),
-            value.crls.iter().map(|c| c.revoked).sum::<usize>()
+            value.crls.iter().map(|c| c.revoked).sum::<usize>(),
+            value.superseded.len()
         )
     }
 }

@@ -39,6 +39,9 @@ use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
 pub use layout::{certbot_renew, k8s_swap, write_atomic};
+/// The certificate generator, for tests that customise a certificate beyond [`LeafSpec`]
+/// (see [`Ca::new_intermediate_with`]).
+pub use rcgen;
 
 /// Private-key algorithm (and size) for a CA or leaf.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -175,9 +178,22 @@ impl Ca {
 
     /// An intermediate CA signed by `self`, valid from 10 years ago to 10 years from now.
     pub fn new_intermediate(&self, cn: &str, key_type: KeyType) -> Ca {
+        self.new_intermediate_with(cn, key_type, |_| {})
+    }
+
+    /// Like [`Ca::new_intermediate`], with `customise` applied to the certificate's parameters
+    /// before signing: broken intermediates for negative tests (`is_ca = IsCa::ExplicitNoCa`,
+    /// an expired validity, an extendedKeyUsage, ...). The result still issues leaves.
+    pub fn new_intermediate_with(
+        &self,
+        cn: &str,
+        key_type: KeyType,
+        customise: impl FnOnce(&mut CertificateParams),
+    ) -> Ca {
         let key = key_type.generate();
         let mut params = ca_params(cn);
         params.use_authority_key_identifier_extension = true;
+        customise(&mut params);
         let cert = params
             .signed_by(&key, &self.issuer)
             .expect("sign intermediate CA");
@@ -246,7 +262,18 @@ impl Ca {
 
     /// Issue a leaf certificate described by `spec`, signed by this CA.
     pub fn issue(&self, spec: &LeafSpec) -> Leaf {
-        let key = spec.key_type.generate();
+        self.issue_with_key(spec, spec.key_type.generate(), spec.key_type)
+    }
+
+    /// Issue a leaf for the key of `other` (a renewal that keeps its key), described by `spec`
+    /// except for the key type, which is `other`'s.
+    pub fn issue_for_key_of(&self, spec: &LeafSpec, other: &Leaf) -> Leaf {
+        let key = KeyPair::try_from(other.key_pkcs8_der.as_slice())
+            .unwrap_or_else(|e| panic!("reuse the key of a leaf: {e}"));
+        self.issue_with_key(spec, key, other.key_type)
+    }
+
+    fn issue_with_key(&self, spec: &LeafSpec, key: KeyPair, key_type: KeyType) -> Leaf {
         let serial = match &spec.serial {
             Some(s) => s.clone(),
             None => random_serial(),
@@ -272,7 +299,7 @@ impl Ca {
             .collect();
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        if spec.key_type.is_rsa() {
+        if key_type.is_rsa() {
             params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
         }
         if spec.server {
@@ -307,7 +334,7 @@ impl Ca {
             cert_der,
             key_pkcs8_der: key.serialize_der(),
             serial,
-            key_type: spec.key_type,
+            key_type,
             issuing_ca_pem,
         }
     }

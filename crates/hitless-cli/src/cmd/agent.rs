@@ -57,10 +57,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = WriteMode::Rename)]
     pub write: WriteMode,
     /// With --write in-place: the pause between writing the certificate and the key.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "50ms")]
+    #[arg(long, value_parser = crate::value::duration, default_value = "50ms")]
     pub in_place_pause: Duration,
     /// Lifetime of each identity.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    #[arg(long, value_parser = crate::value::positive_duration, default_value = "60s")]
     pub ttl: Duration,
     /// Renew when this fraction of the lifetime has passed (0 < f ≤ 1).
     #[arg(long, value_parser = parse_fraction, default_value = "0.66")]
@@ -69,7 +69,7 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Stop after this long, e.g. 30s.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::value::positive_duration)]
     pub duration: Option<Duration>,
     /// Also write the CA bundle (the root) here, once, before the first identity.
     #[arg(long)]

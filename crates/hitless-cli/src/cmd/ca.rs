@@ -70,7 +70,7 @@ pub struct IssueArgs {
     #[arg(long, value_enum, default_value_t = Kind::Server)]
     pub kind: Kind,
     /// Lifetime, e.g. 90s, 1h, 30d.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+    #[arg(long, value_parser = crate::value::positive_duration, default_value = "24h")]
     pub ttl: Duration,
     /// Output directory (created if missing).
     #[arg(long, default_value = ".")]
@@ -118,7 +118,7 @@ pub struct CrlArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// How long the CRL is valid (its nextUpdate), e.g. 1h.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    #[arg(long, value_parser = crate::value::positive_duration, default_value = "1h")]
     pub next_update: Duration,
 }
 

@@ -27,6 +27,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::client::{self, Connection, Failure, Reply, Target};
+use crate::value;
 
 /// Flags of `hitless call`.
 #[derive(clap::Args, Debug)]
@@ -58,13 +59,13 @@ pub struct Args {
     #[arg(long, conflicts_with = "duration")]
     pub count: Option<u64>,
     /// Keep calling for this long (e.g. 30s, 5m) instead of a number of requests.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = value::positive_duration)]
     pub duration: Option<Duration>,
     /// Requests in flight at once (workers).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: u32,
     /// Requests per second, all workers together (default: as fast as they go).
-    #[arg(long)]
+    #[arg(long, value_parser = value::rate)]
     pub rate: Option<f64>,
     /// Reuse one connection per worker (default: a new TCP connection and a full TLS handshake
     /// for every request).
@@ -77,7 +78,7 @@ pub struct Args {
     #[arg(long)]
     pub server_name: Option<String>,
     /// Time limit of one request, connection and handshake included.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = value::positive_duration, default_value = "10s")]
     pub timeout: Duration,
 }
 
@@ -94,13 +95,8 @@ impl Args {
         }
     }
 
-    /// Refuses values that make no sense (zero, negative rate).
+    /// Refuses values that make no sense that the flag parsers let through.
     fn check(&self) -> anyhow::Result<()> {
-        if let Some(rate) = self.rate {
-            if !(rate.is_finite() && rate > 0.0) {
-                bail!("--rate {rate}: must be a positive number of requests per second");
-            }
-        }
         if self.count == Some(0) {
             bail!("--count 0: nothing to do");
         }
@@ -119,6 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let identity = match args.source()? {
         Some(source) => Some(
             ReloadingIdentity::builder(source)
+                .role(hitless::Role::Client)
                 .name("client")
                 .detection(Detection::Watch)
                 .build()
@@ -199,7 +196,10 @@ impl Schedule {
             return None;
         }
         let at = match self.interval {
-            Some(i) => self.start + i.mul_f64(n as f64),
+            // A slot past what an Instant can hold is past any deadline: the loop is over.
+            Some(i) => Duration::try_from_secs_f64(i.as_secs_f64() * n as f64)
+                .ok()
+                .and_then(|offset| self.start.checked_add(offset))?,
             None => now,
         };
         if self.deadline.is_some_and(|d| at >= d) {
@@ -240,6 +240,10 @@ struct Tally {
     client_serials: BTreeSet<String>,
     /// Latency of each successful request.
     latencies: Vec<Duration>,
+    /// TCP connect + TLS handshake of each new connection that got a response.
+    handshake_times: Vec<Duration>,
+    /// Request sent to response head, for each response.
+    waits: Vec<Duration>,
 }
 
 impl Tally {
@@ -253,6 +257,8 @@ impl Tally {
         self.server_fingerprints.extend(other.server_fingerprints);
         self.client_serials.extend(other.client_serials);
         self.latencies.extend(other.latencies);
+        self.handshake_times.extend(other.handshake_times);
+        self.waits.extend(other.waits);
     }
 }
 
@@ -291,8 +297,11 @@ async fn call(
             start,
             next: AtomicU64::new(0),
             count,
-            deadline: args.duration.map(|d| start + d),
-            interval: args.rate.map(|r| Duration::from_secs_f64(1.0 / r)),
+            // The flag parsers bound both: neither overflows (checked all the same).
+            deadline: args.duration.and_then(|d| start.checked_add(d)),
+            interval: args
+                .rate
+                .and_then(|r| Duration::try_from_secs_f64(1.0 / r).ok()),
         },
         live: Live::default(),
         logged: Mutex::default(),
@@ -415,6 +424,10 @@ async fn exchange(run: &Run, conn: &mut Option<Connection>) -> Result<Reply, Fai
 
 /// Counts a response: success for a 2xx status, a failure `http <status>` otherwise.
 fn record_reply(run: &Run, tally: &mut Tally, reply: Reply, elapsed: Duration) {
+    tally.waits.push(reply.wait);
+    if let Some(handshake) = reply.handshake {
+        tally.handshake_times.push(handshake);
+    }
     if reply.first_on_connection {
         tally.handshakes += 1;
         if let Some(fp) = reply.server_fingerprint {
@@ -483,6 +496,30 @@ fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
         .copied()
 }
 
+/// A sorted copy.
+fn sorted_copy(values: &[Duration]) -> Vec<Duration> {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted
+}
+
+/// `{"p50", "p99", "max"}` in milliseconds of sorted values; `null` if there are none.
+fn spread(sorted: &[Duration]) -> serde_json::Value {
+    match (
+        percentile(sorted, 50.0),
+        percentile(sorted, 99.0),
+        sorted.last(),
+    ) {
+        (Some(p50), Some(p99), Some(max)) => json!({
+            "count": sorted.len(),
+            "p50": ms(p50),
+            "p99": ms(p99),
+            "max": ms(*max),
+        }),
+        _ => serde_json::Value::Null,
+    }
+}
+
 /// Milliseconds with microsecond precision.
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
@@ -498,9 +535,7 @@ struct Report {
 impl Report {
     /// The latencies of successful requests, sorted.
     fn latencies(&self) -> Vec<Duration> {
-        let mut sorted = self.summary.tally.latencies.clone();
-        sorted.sort_unstable();
-        sorted
+        sorted_copy(&self.summary.tally.latencies)
     }
 
     /// The machine-readable summary.
@@ -518,6 +553,8 @@ impl Report {
         let requests = t.ok + s.failed();
         json!({
             "url": args.url,
+            "handshake_ms": spread(&sorted_copy(&t.handshake_times)),
+            "response_ms": spread(&sorted_copy(&t.waits)),
             "requests": requests,
             "ok": t.ok,
             "failed": s.failed(),
@@ -573,6 +610,20 @@ impl Report {
             let _ = writeln!(
                 out,
                 "  latency     p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                ms(p50),
+                ms(p99),
+                ms(*max)
+            );
+        }
+        let waits = sorted_copy(&t.waits);
+        if let (Some(p50), Some(p99), Some(max)) = (
+            percentile(&waits, 50.0),
+            percentile(&waits, 99.0),
+            waits.last(),
+        ) {
+            let _ = writeln!(
+                out,
+                "  response    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (request sent to response head)",
                 ms(p50),
                 ms(p99),
                 ms(*max)

@@ -42,10 +42,10 @@ use crate::pki::{DevCa, Issued, Kind, LeafSpec};
   hitless demo --duration 30s --no-tui")]
 pub struct Args {
     /// How long the demo runs.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    #[arg(long, value_parser = crate::value::duration, default_value = "60s")]
     pub duration: Duration,
     /// How often the agents rotate the server and client identities.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    #[arg(long, value_parser = crate::value::duration, default_value = "3s")]
     pub rotate_every: Duration,
     /// Print periodic lines instead of the live terminal view.
     #[arg(long)]
@@ -60,7 +60,7 @@ pub struct Args {
     #[arg(long, default_value_t = 25.0)]
     pub rate: f64,
     /// How often the prober runs.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "8s")]
+    #[arg(long, value_parser = crate::value::duration, default_value = "8s")]
     pub probe_every: Duration,
     /// Keep the temporary directory (its path is printed) instead of removing it.
     #[arg(long)]
@@ -220,14 +220,25 @@ pub fn run(args: Args, log_format: crate::logging::Format) -> anyhow::Result<Exi
     runtime.shutdown_timeout(Duration::from_secs(2));
     if args.keep {
         let kept = tmp.keep();
-        println!("sandbox kept in {} (log: demo.log)", kept.display());
+        say(&format!(
+            "sandbox kept in {} (log: demo.log)",
+            kept.display()
+        ));
     } else if tui {
-        println!(
+        say(&format!(
             "(the log of this run was in {}; --keep keeps it)",
             log_path.display()
-        );
+        ));
     }
     result
+}
+
+/// Writes a line on stdout, or nothing if stdout is gone (a closed terminal, a closed pipe):
+/// `println!` would panic there. Returns whether the line was written.
+fn say(line: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|_| out.flush()).is_ok()
 }
 
 async fn demo(args: &Args, dir: &Path, tui: bool) -> anyhow::Result<ExitCode> {
@@ -261,6 +272,7 @@ async fn demo(args: &Args, dir: &Path, tui: bool) -> anyhow::Result<ExitCode> {
         wait: Duration::ZERO,
         drop_untrusted: false,
         shutdown_timeout: Duration::from_secs(2),
+        limits: crate::listen::Limits::default(),
     };
     let metrics = crate::admin::Metrics::new();
     let (identities, trust) = serve::load_credentials(&plan, &metrics)?;
@@ -385,11 +397,16 @@ async fn demo(args: &Args, dir: &Path, tui: bool) -> anyhow::Result<ExitCode> {
         duration: args.duration,
         dir: sandbox.dir.clone(),
     };
-    let interrupted = if tui {
+    let ended = if tui {
         view.run_tui().await?
     } else {
         view.run_lines().await
     };
+    if let Ended::TerminalGone(why) = &ended {
+        // Nobody is watching any more: end as soon as the tasks stop, print nothing there.
+        tracing::warn!("the terminal is gone ({why}): ending the demo");
+    }
+    let interrupted = ended != Ended::Duration;
 
     board.stop.store(true, Ordering::SeqCst);
     for t in tasks {
@@ -398,7 +415,10 @@ async fn demo(args: &Args, dir: &Path, tui: bool) -> anyhow::Result<ExitCode> {
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     let summary = view.summary(interrupted);
-    println!("{}", summary.text);
+    tracing::info!("{}", summary.text);
+    if !matches!(ended, Ended::TerminalGone(_)) {
+        say(&summary.text);
+    }
     Ok(if summary.passed {
         ExitCode::SUCCESS
     } else {
@@ -1081,43 +1101,56 @@ impl View {
         new
     }
 
-    /// Periodic lines on stdout; returns whether it was interrupted.
-    async fn run_lines(&self) -> bool {
-        println!("hitless demo: sandbox in {}", self.dir.display());
+    /// Periodic lines on stdout, until the duration is over, Ctrl-C, a hang-up, or stdout is
+    /// gone. (Standard input is not read: without the live view it may well be closed.)
+    async fn run_lines(&self) -> Ended {
+        if !say(&format!("hitless demo: sandbox in {}", self.dir.display())) {
+            return Ended::TerminalGone("cannot write on stdout".into());
+        }
         let end = self.started + self.duration;
         let mut previous: Option<(Sample, Instant)> = None;
         let mut seen = 0;
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
+        let mut hangup = hangup_signal();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = &mut ctrl_c => return true,
+                _ = &mut ctrl_c => return Ended::Interrupted,
+                _ = recv_signal(&mut hangup) => {
+                    return Ended::TerminalGone("hang-up signal".into());
+                }
             }
             for e in self.drain_events(&mut seen) {
-                println!("  event {e}");
+                if !say(&format!("  event {e}")) {
+                    return Ended::TerminalGone("cannot write on stdout".into());
+                }
             }
             let now = Instant::now();
             let s = self.sample(previous.as_ref().map(|(p, t)| (p, now - *t)));
-            println!("{}", self.line(&s));
+            if !say(&self.line(&s)) {
+                return Ended::TerminalGone("cannot write on stdout".into());
+            }
             previous = Some((s, now));
             if now >= end {
-                return false;
+                return Ended::Duration;
             }
         }
     }
 
-    /// The ratatui live view; returns whether it was interrupted (q, Esc or Ctrl-C).
-    async fn run_tui(&self) -> anyhow::Result<bool> {
-        use ratatui::crossterm::event::{self, Event as TermEvent, KeyCode, KeyModifiers};
+    /// The ratatui live view, until the duration is over, q, Esc or Ctrl-C, or the terminal
+    /// is gone (end of input, a read or draw error, a hang-up signal). A terminal that is gone
+    /// is not restored: there is nothing left to restore, and writing to it only fails.
+    async fn run_tui(&self) -> anyhow::Result<Ended> {
         let mut terminal = ratatui::try_init().context("cannot start the terminal view")?;
+        let mut keys = Some(spawn_key_reader());
+        let mut hangup = hangup_signal();
         let end = self.started + self.duration;
         let mut previous: Option<(Sample, Instant)> = None;
         let mut history: Vec<u64> = Vec::new();
-        let mut interrupted = false;
         let mut seen = 0;
         let mut events: Vec<String> = Vec::new();
-        loop {
+        let ended = loop {
             let now = Instant::now();
             let s = self.sample(previous.as_ref().map(|(p, t)| (p, now - *t)));
             history.push(s.rate as u64);
@@ -1127,37 +1160,31 @@ impl View {
             events.extend(self.drain_events(&mut seen));
             let draw = terminal.draw(|f| draw(f, &s, &history, &events, self.duration));
             if let Err(e) = draw {
-                ratatui::restore();
-                return Err(e).context("cannot draw the terminal view");
+                break Ended::TerminalGone(format!("cannot draw: {e}"));
             }
             previous = Some((s, now));
             if now >= end {
-                break;
+                break Ended::Duration;
             }
-            // Poll keys for up to a second without blocking the runtime's workers.
-            let key = tokio::task::spawn_blocking(|| -> Option<(KeyCode, KeyModifiers)> {
-                if event::poll(Duration::from_millis(1000)).ok()? {
-                    if let Ok(TermEvent::Key(k)) = event::read() {
-                        return Some((k.code, k.modifiers));
-                    }
-                }
-                None
-            })
-            .await
-            .ok()
-            .flatten();
-            if let Some((code, mods)) = key {
-                if code == KeyCode::Char('q')
-                    || code == KeyCode::Esc
-                    || (code == KeyCode::Char('c') && mods.contains(KeyModifiers::CONTROL))
-                {
-                    interrupted = true;
-                    break;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                input = next_key(&mut keys) => match input {
+                    Input::Quit => break Ended::Interrupted,
+                    Input::Gone(why) => break Ended::TerminalGone(why),
+                },
+                _ = recv_signal(&mut hangup) => {
+                    break Ended::TerminalGone("hang-up signal".into());
                 }
             }
+        };
+        if matches!(ended, Ended::TerminalGone(_)) {
+            // Its `Drop` would show the cursor on the gone terminal and, failing, print that
+            // on a standard error that is gone too (a panic, then an abort in the panic hook).
+            std::mem::forget(terminal);
+        } else {
+            let _ = ratatui::try_restore();
         }
-        ratatui::restore();
-        Ok(interrupted)
+        Ok(ended)
     }
 
     fn summary(&self, interrupted: bool) -> Summary {
@@ -1264,6 +1291,136 @@ impl View {
 struct Summary {
     text: String,
     passed: bool,
+}
+
+/// Why the view ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ended {
+    /// The duration was over.
+    Duration,
+    /// The user asked (q, Esc, Ctrl-C).
+    Interrupted,
+    /// The terminal went away (a closed SSH session or tmux pane): end of input, an error
+    /// reading or writing it, or SIGHUP.
+    TerminalGone(String),
+}
+
+/// What the keyboard reader reports.
+#[derive(Debug)]
+enum Input {
+    /// q, Esc or Ctrl-C.
+    Quit,
+    /// The terminal is gone: end of file or an error on its input.
+    Gone(String),
+}
+
+/// Reads the keyboard on a thread of its own: standard input if it is a terminal, else the
+/// process's terminal (`/dev/tty`), as the terminal library does. End of input or an error
+/// ends the reader (reported as [`Input::Gone`]); it never retries a read that failed, except
+/// after an interruption by a signal, or after a pause when the descriptor is non-blocking.
+/// (The terminal library's own reader loops forever on end of input: that is the busy loop
+/// that kept a demo whose terminal had closed running, and spinning a core.)
+fn spawn_key_reader() -> tokio::sync::mpsc::UnboundedReceiver<Input> {
+    use std::io::Read;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut input: Box<dyn Read + Send> = if std::io::stdin().is_terminal() {
+        Box::new(std::io::stdin())
+    } else {
+        match std::fs::File::open("/dev/tty") {
+            Ok(tty) => Box::new(tty),
+            Err(e) => {
+                tracing::info!("no terminal to read keys from ({e}): q will not end the view");
+                return rx;
+            }
+        }
+    };
+    let reader = move || {
+        let mut buf = [0u8; 256];
+        loop {
+            let input = match input.read(&mut buf) {
+                Ok(0) => Input::Gone("end of input".into()),
+                Ok(n) if wants_quit(&buf[..n]) => Input::Quit,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                Err(e) => Input::Gone(format!("cannot read the terminal: {e}")),
+            };
+            let _ = tx.send(input);
+            return;
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("demo-keys".into())
+        .spawn(reader)
+    {
+        tracing::warn!("cannot start the keyboard reader ({e}): q will not end the view");
+    }
+    rx
+}
+
+/// The next key event; never, once there is no keyboard reader (no terminal to read from).
+async fn next_key(keys: &mut Option<tokio::sync::mpsc::UnboundedReceiver<Input>>) -> Input {
+    if let Some(rx) = keys {
+        if let Some(input) = rx.recv().await {
+            return input;
+        }
+        // The reader ended without a word: the view goes on without a keyboard.
+        *keys = None;
+    }
+    std::future::pending().await
+}
+
+/// Whether the bytes read from the terminal (raw mode) hold q, Ctrl-C, or a lone Esc. Escape
+/// sequences (arrows, function keys: `ESC [ ...`, `ESC O x`) are skipped, so their letters
+/// are not taken for q.
+fn wants_quit(bytes: &[u8]) -> bool {
+    if bytes == [0x1b] {
+        return true;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'q' | 0x03 => return true,
+            0x1b => {
+                i += 1;
+                match bytes.get(i) {
+                    // CSI: parameters up to a final byte in 0x40..=0x7e.
+                    Some(b'[') => {
+                        i += 1;
+                        while i < bytes.len() && !(0x40..=0x7e).contains(&bytes[i]) {
+                            i += 1;
+                        }
+                    }
+                    // SS3: one more byte.
+                    Some(b'O') => i += 1,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+/// A stream of SIGHUP (a lost terminal), if one can be had.
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+/// The next SIGHUP; never, without a stream.
+async fn recv_signal(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            if s.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 fn draw(
@@ -1381,7 +1538,18 @@ fn draw(
 
 #[cfg(test)]
 mod tests {
-    use super::short;
+    use super::{short, wants_quit};
+
+    #[test]
+    fn quit_keys_but_not_escape_sequences() {
+        for quit in [&b"q"[..], b"\x03", b"\x1b", b"abq", b"\x1b[Aq"] {
+            assert!(wants_quit(quit), "{quit:?}");
+        }
+        // Arrows, F2 (`ESC O Q`), a CSI with parameters ending in `q`, other letters.
+        for other in [&b"\x1b[A"[..], b"\x1bOQ", b"\x1b[1;5q", b"x", b""] {
+            assert!(!wants_quit(other), "{other:?}");
+        }
+    }
 
     #[test]
     fn short_serial_drops_colons() {

@@ -6,9 +6,12 @@
 //! certificate the private key belongs to, points out chain-order mistakes, and ends with a
 //! verdict usable in scripts and monitoring: the exit code (see `EXIT_CODES`).
 //!
-//! It only reads: nothing is written, nothing is watched. Facts come from the library
-//! ([`CertInfo::parse`]); whether a PEM identity would be served is decided by the library too
-//! ([`Identity::from_pem`]), so `inspect` and `serve` never disagree about a file.
+//! It only reads: nothing is written, nothing is watched. Files are read as the library reads
+//! them ([`hitless::read_credential_file`]: regular files of bounded size, so a FIFO or
+//! `/dev/zero` is refused rather than hanging or eating memory). Facts come from the library
+//! ([`CertInfo::parse`]); whether an identity (PEM with its key, or PKCS#12) would be served,
+//! and which leaf and chain, is decided by the library too ([`Identity::load`], for `--role`),
+//! so `inspect` and `serve` give the same verdict, with the same reason, on the same file.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -17,7 +20,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
-use hitless::{CertInfo, Identity};
+use hitless::{CertInfo, Identity, IdentitySource, Password, Role};
 use p12_keystore::Pkcs12Archive;
 use rustls::pki_types::pem::{PemObject, SectionKind};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
@@ -28,16 +31,19 @@ use x509_parser::revocation_list::CertificateRevocationList;
 /// What the exit code means; shown by `--help` and documented in docs/inspect.md.
 const EXIT_CODES: &str = "Exit codes:
   0  every file is valid and nothing in it expires within --warn
-  1  a file is invalid: missing or unreadable, unparsable, wrong PKCS#12 password, a private
-     key that matches no certificate, a certificate expired or not yet valid, a CRL past its
-     next update (also: a command-line error detected after parsing, such as --key with
-     several files)
+  1  a file is invalid: missing or unreadable (or not a regular file), unparsable, wrong
+     PKCS#12 password, a private key that matches no certificate, a certificate expired or not
+     yet valid, a CRL past its next update, an identity whose chain hitless refuses for --role
+     (a certificate not signed by the next one, an intermediate that is not a CA or out of its
+     validity period, an extendedKeyUsage without serverAuth/clientAuth) (also: a command-line
+     error detected after parsing, such as --key with several files)
   2  every file is valid, but a certificate or CRL in one expires within --warn (default 7d)
      (clap reports a malformed command line with exit code 2 too, and prints usage on stderr)
 
 Examples:
   hitless inspect /etc/tls/server.crt --key /etc/tls/server.key
   hitless inspect /run/secrets/identity.pem --warn 24h || alert \"renew the identity\"
+  hitless inspect /etc/tls/server.pem --role server
   hitless inspect server.p12 --password-file server.pass --json
   hitless inspect /etc/tls/clients.crl /etc/tls/clients-ca.pem";
 
@@ -64,8 +70,33 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// Exit 2 when a certificate or CRL expires within this long ("7d", "24h", "90m").
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "7d")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::value::duration, default_value = "7d")]
     pub warn: Duration,
+    /// What an identity is for, as `serve` (server) and `call`/`probe` (client) load it: its
+    /// chain's extendedKeyUsage must allow serverAuth, clientAuth, or either (any).
+    #[arg(long, value_enum, default_value_t = RoleArg::Any)]
+    pub role: RoleArg,
+}
+
+/// `--role`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleArg {
+    /// A server identity (`hitless serve`): serverAuth.
+    Server,
+    /// A client identity (`hitless call`, `probe`): clientAuth.
+    Client,
+    /// Either.
+    Any,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Role {
+        match role {
+            RoleArg::Server => Role::Server,
+            RoleArg::Client => Role::Client,
+            RoleArg::Any => Role::Any,
+        }
+    }
 }
 
 /// Inspects every file, prints the reports, and returns the exit code.
@@ -155,6 +186,9 @@ struct Report {
     keys: Vec<KeyReport>,
     /// Whether every private key found matches a certificate (`None` without a key).
     key_matches: Option<bool>,
+    /// For an identity hitless would serve: `server`, `client` (what its chain's
+    /// extendedKeyUsage allows).
+    usable_as: Vec<&'static str>,
     crls: Vec<CrlReport>,
     /// The earliest end of validity of any certificate or CRL next update in the file.
     expires: Option<String>,
@@ -178,6 +212,9 @@ struct CertReport {
     ip_addresses: Vec<String>,
     key_type: String,
     is_ca: bool,
+    /// The extendedKeyUsage purposes (`serverAuth`, `clientAuth`, ...), `null` without the
+    /// extension (any purpose).
+    extended_key_usage: Option<Vec<String>>,
     self_signed: bool,
     not_before: String,
     not_after: String,
@@ -220,8 +257,8 @@ struct Contents {
     certs: Vec<Vec<u8>>,
     keys: Vec<(PathBuf, PrivateKeyDer<'static>)>,
     crls: Vec<Vec<u8>>,
-    /// For a PEM identity: the key file and its bytes, for the library's verdict.
-    key_file: Option<(PathBuf, Vec<u8>)>,
+    /// For a PEM identity: the file holding the key, for the library's verdict.
+    key_file: Option<PathBuf>,
 }
 
 fn inspect(file: &Path, args: &Args, now: SystemTime) -> Report {
@@ -232,16 +269,17 @@ fn inspect(file: &Path, args: &Args, now: SystemTime) -> Report {
         certificates: Vec::new(),
         keys: Vec::new(),
         key_matches: None,
+        usable_as: Vec::new(),
         crls: Vec::new(),
         expires: None,
         seconds_left: None,
         errors: Vec::new(),
         warnings: Vec::new(),
     };
-    let bytes = match std::fs::read(file) {
+    let bytes = match hitless::read_credential_file(file) {
         Ok(b) => b,
         Err(e) => {
-            report.errors.push(format!("cannot read: {e}"));
+            report.errors.push(e.to_string());
             return report;
         }
     };
@@ -254,14 +292,14 @@ fn inspect(file: &Path, args: &Args, now: SystemTime) -> Report {
     };
     if let Some(key_file) = &args.key {
         match read_key_file(key_file) {
-            Ok((key, raw)) => {
+            Ok(key) => {
                 contents.keys.push((key_file.clone(), key));
-                contents.key_file = Some((key_file.clone(), raw));
+                contents.key_file = Some(key_file.clone());
             }
             Err(e) => report.errors.push(e),
         }
     }
-    analyse(file, &bytes, contents, args, now, &mut report);
+    analyse(file, contents, args, now, &mut report);
     report
 }
 
@@ -367,14 +405,14 @@ fn read_pem(file: &Path, bytes: &[u8], report: &mut Report) -> Option<Contents> 
         return None;
     }
     if !contents.keys.is_empty() {
-        contents.key_file = Some((file.to_owned(), bytes.to_vec()));
+        contents.key_file = Some(file.to_owned());
     }
     Some(contents)
 }
 
 fn read_pkcs12(file: &Path, bytes: &[u8], args: &Args, report: &mut Report) -> Option<Contents> {
     let password = match (&args.password_file, &args.password_env) {
-        (Some(path), _) => match std::fs::read(path) {
+        (Some(path), _) => match hitless::read_credential_file(path) {
             Ok(raw) => match String::from_utf8(raw) {
                 Ok(text) => {
                     let text = text.strip_suffix('\n').unwrap_or(&text);
@@ -388,10 +426,9 @@ fn read_pkcs12(file: &Path, bytes: &[u8], args: &Args, report: &mut Report) -> O
                 }
             },
             Err(e) => {
-                report.errors.push(format!(
-                    "{}: cannot read the password file: {e}",
-                    path.display()
-                ));
+                report
+                    .errors
+                    .push(format!("cannot read the password file: {e}"));
                 return None;
             }
         },
@@ -447,9 +484,9 @@ fn read_pkcs12(file: &Path, bytes: &[u8], args: &Args, report: &mut Report) -> O
     Some(contents)
 }
 
-/// Reads `--key`: exactly one PEM private key. Returns it and the file's bytes.
-fn read_key_file(path: &Path) -> Result<(PrivateKeyDer<'static>, Vec<u8>), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+/// Reads `--key`: exactly one PEM private key.
+fn read_key_file(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let bytes = hitless::read_credential_file(path).map_err(|e| e.to_string())?;
     if contains(&bytes, b"-----BEGIN ENCRYPTED PRIVATE KEY-----") {
         return Err(format!(
             "{}: the private key is encrypted (ENCRYPTED PRIVATE KEY); decrypt it or use PKCS#12",
@@ -474,7 +511,7 @@ fn read_key_file(path: &Path) -> Result<(PrivateKeyDer<'static>, Vec<u8>), Strin
         }
     }
     match keys.len() {
-        1 => Ok((keys.remove(0), bytes)),
+        1 => Ok(keys.remove(0)),
         0 => Err(format!("{}: no private key found", path.display())),
         n => Err(format!(
             "{}: {n} private keys found, expected exactly one",
@@ -484,14 +521,7 @@ fn read_key_file(path: &Path) -> Result<(PrivateKeyDer<'static>, Vec<u8>), Strin
 }
 
 /// Turns raw contents into facts, errors and warnings, and decides the status.
-fn analyse(
-    file: &Path,
-    bytes: &[u8],
-    contents: Contents,
-    args: &Args,
-    now: SystemTime,
-    report: &mut Report,
-) {
+fn analyse(file: &Path, contents: Contents, args: &Args, now: SystemTime, report: &mut Report) {
     for (i, der) in contents.certs.iter().enumerate() {
         let index = i + 1;
         let parsed = X509Certificate::from_der(der);
@@ -507,6 +537,7 @@ fn analyse(
                 ip_addresses: info.ip_addresses.iter().map(|ip| ip.to_string()).collect(),
                 key_type: info.key_type.clone(),
                 is_ca: info.is_ca,
+                extended_key_usage: info.extended_key_usage.clone(),
                 self_signed: cert.subject().as_raw() == cert.issuer().as_raw(),
                 not_before: rfc3339(info.not_before),
                 not_after: rfc3339(info.not_after),
@@ -593,21 +624,65 @@ fn analyse(
         ));
     }
 
-    check_chain(report);
-    check_validity(report, args.warn, now);
-
-    // The library's own verdict on a PEM identity: what `serve` would do with these files.
-    if report.errors.is_empty() && report.kind == Some(Kind::Pem) && contents.keys.len() == 1 {
-        if let Some((key_file, key_bytes)) = &contents.key_file {
-            if let Err(e) = Identity::from_pem(file, bytes, key_file, key_bytes) {
-                report.errors.push(format!("hitless would refuse it: {e}"));
+    // The library's own verdict on an identity: what `serve` (or `call`, for --role client)
+    // would do with these files, read again the way it reads them.
+    let verdict = if report.errors.is_empty() {
+        // Quietly: what the library would log while loading (a loose key mode, PEM blocks run
+        // together) is in this report already.
+        identity_source(file, &contents, args, report.kind).map(|source| {
+            tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+                Identity::load(&source, args.role.into())
+            })
+        })
+    } else {
+        None
+    };
+    // The chain hitless would send, by fingerprint.
+    let served: Option<Vec<String>> = match &verdict {
+        Some(Ok(identity)) => Some(
+            identity
+                .chain()
+                .iter()
+                .map(|c| c.fingerprint.clone())
+                .collect(),
+        ),
+        _ => None,
+    };
+    if let Some(Ok(identity)) = &verdict {
+        // Of several certificates for the key, the library serves the newest valid one.
+        let leaf = report
+            .certificates
+            .iter()
+            .find(|c| c.fingerprint_sha256 == identity.leaf().fingerprint)
+            .map(|c| c.index);
+        if leaf.is_some() {
+            for key in &mut report.keys {
+                key.matches_certificate = leaf;
             }
         }
+        report.usable_as = [(Role::Server, "server"), (Role::Client, "client")]
+            .into_iter()
+            .filter(|(role, _)| identity.allows(*role))
+            .map(|(_, name)| name)
+            .collect();
+    }
+    check_chain(report, served.as_deref());
+    check_validity(report, args.warn, now, served.as_deref());
+    if let Some(Err(e)) = verdict {
+        report.errors.push(format!("hitless would refuse it: {e}"));
     }
 
+    // A certificate that is not sent and has already ended is reported (a warning), not counted
+    // as the identity's expiry.
+    let counts = |c: &CertReport| {
+        served
+            .as_ref()
+            .is_none_or(|s| c.seconds_left >= 0 || s.contains(&c.fingerprint_sha256))
+    };
     let earliest = report
         .certificates
         .iter()
+        .filter(|c| counts(c))
         .map(|c| (c.seconds_left, c.not_after.clone()))
         .chain(
             report
@@ -632,11 +707,50 @@ fn analyse(
     };
 }
 
+/// The identity the library would load from this file (with `--key`, the pair), if it holds
+/// exactly one key.
+fn identity_source(
+    file: &Path,
+    contents: &Contents,
+    args: &Args,
+    kind: Option<Kind>,
+) -> Option<IdentitySource> {
+    if contents.keys.len() != 1 {
+        return None;
+    }
+    match kind? {
+        Kind::Pkcs12 => {
+            let password = match (&args.password_file, &args.password_env) {
+                (Some(path), _) => Password::File(path.clone()),
+                (None, Some(name)) => Password::Env(name.clone()),
+                (None, None) => Password::None,
+            };
+            Some(IdentitySource::pkcs12(file, password))
+        }
+        Kind::Pem => match contents.key_file.as_deref() {
+            Some(key) if key == file => Some(IdentitySource::bundle(file)),
+            Some(key) => Some(IdentitySource::pair(file, key)),
+            None => None,
+        },
+        Kind::DerCertificate | Kind::DerCrl => None,
+    }
+}
+
 /// Finds the leaf and reports chain-order problems (warnings: hitless reorders chains itself,
-/// but other tools and peers may not).
-fn check_chain(report: &mut Report) {
+/// but other tools and peers may not). `served`: the chain the library would send (by
+/// fingerprint, leaf first), when it accepted the identity.
+fn check_chain(report: &mut Report, served: Option<&[String]>) {
     let certs = &report.certificates;
-    let by_key = report.keys.iter().find_map(|k| k.matches_certificate);
+    let position = |fingerprint: &String| {
+        certs
+            .iter()
+            .position(|c| c.fingerprint_sha256 == *fingerprint)
+    };
+    let by_key = served
+        .and_then(|s| s.first())
+        .and_then(position)
+        .map(|i| i + 1)
+        .or_else(|| report.keys.iter().find_map(|k| k.matches_certificate));
     let leaf = by_key
         .map(|index| index - 1)
         .or_else(|| certs.iter().position(|c| !c.is_ca));
@@ -671,13 +785,20 @@ fn check_chain(report: &mut Report) {
             ));
         }
     }
-    // The chain hitless would send: the leaf, then its issuers by name.
-    let mut in_chain = vec![leaf];
-    let mut current = leaf;
+    // The chain hitless would send (as the library chose it, else the leaf and its issuers by
+    // name), with the root that ends it.
+    let mut in_chain: Vec<usize> = match served {
+        Some(s) => s.iter().filter_map(position).collect(),
+        None => vec![leaf],
+    };
+    let mut current = in_chain.last().copied().unwrap_or(leaf);
     while !certs[current].self_signed {
         let issuer = &certs[current].issuer_raw;
-        match (0..certs.len()).find(|&i| !in_chain.contains(&i) && certs[i].subject_raw == *issuer)
-        {
+        match (0..certs.len()).find(|&i| {
+            !in_chain.contains(&i)
+                && certs[i].subject_raw == *issuer
+                && (served.is_none() || certs[i].self_signed)
+        }) {
             Some(next) => {
                 in_chain.push(next);
                 current = next;
@@ -694,6 +815,14 @@ fn check_chain(report: &mut Report) {
                 "certificate {} ({}) is a self-signed root: peers must already trust it, so \
                  sending it only costs bytes (hitless leaves it out)",
                 c.index, c.subject
+            ));
+        } else if !in_chain.contains(&i) && c.spki == certs[leaf].spki {
+            warnings.push(format!(
+                "certificate {} ({}) is another certificate for the same key: hitless serves \
+                 certificate {}, the newest with a valid chain",
+                c.index,
+                c.subject,
+                leaf + 1
             ));
         } else if !in_chain.contains(&i) {
             warnings.push(format!(
@@ -716,12 +845,20 @@ fn check_chain(report: &mut Report) {
 }
 
 /// Errors for certificates and CRLs out of their validity; warnings for those ending within
-/// `warn`.
-fn check_validity(report: &mut Report, warn: Duration, now: SystemTime) {
+/// `warn`. With `served` (the chain the library accepted), a certificate it does not send is
+/// only worth a warning: `serve` ignores it.
+fn check_validity(report: &mut Report, warn: Duration, now: SystemTime, served: Option<&[String]>) {
     let soon = |left: i64| u64::try_from(left).is_ok_and(|l| l < warn.as_secs());
     for c in &report.certificates {
         let which = format!("certificate {} ({})", c.index, c.subject);
-        if now < c.info.not_before {
+        if served.is_some_and(|s| !s.contains(&c.fingerprint_sha256))
+            && (now < c.info.not_before || c.seconds_left < 0)
+        {
+            report.warnings.push(format!(
+                "{which} is outside its validity period ({} to {}); hitless does not send it",
+                c.not_before, c.not_after
+            ));
+        } else if now < c.info.not_before {
             report.errors.push(format!(
                 "{which} is not valid yet: not before {} (in {})",
                 c.not_before,
@@ -817,6 +954,9 @@ impl Report {
                 .as_str(),
             );
             field(out, "key", &c.key_type);
+            if let Some(usage) = &c.extended_key_usage {
+                field(out, "ext. usage", &usage.join(", "));
+            }
             field(out, "not before", &c.not_before);
             let left = if c.seconds_left >= 0 {
                 format!("{} (in {})", c.not_after, span(c.seconds_left))
@@ -848,6 +988,13 @@ impl Report {
                 out,
                 "  private key  {} ({algorithm}): {verdict}",
                 key.file.display()
+            );
+        }
+        if !self.usable_as.is_empty() {
+            let _ = writeln!(
+                out,
+                "  usable as    {} identity",
+                self.usable_as.join(" and ")
             );
         }
         for w in &self.warnings {

@@ -1,27 +1,38 @@
 //! `hitless probe`: proves that a server refuses whoever it must.
 //!
 //! The probe makes its attacking credentials at run time (rcgen) and tries each against the
-//! server on a fresh connection with no session resumption: no client certificate, a
-//! self-signed one, one from an unknown CA; with `--cert/--key`, the real certificate with a
-//! wrong key; and with the CA's own certificate and key (`--ca-cert/--ca-key`, test set-ups),
-//! a certificate signed by an impostor CA of the same name, an expired one, a not-yet-valid
-//! one, one without the clientAuth extended key usage, and a revoked one (the probe writes a
-//! CRL revoking it to `--crl-out` and waits for the server to reload it).
+//! server on a fresh connection: no client certificate, a self-signed one, one from an unknown
+//! CA; with `--cert/--key`, the real certificate with a wrong key; and with the CA's own
+//! certificate and key (`--ca-cert/--ca-key`, test set-ups), a certificate signed by an
+//! impostor CA of the same name, an expired one, a not-yet-valid one, one without the
+//! clientAuth extended key usage, a client leaf that claims to be a CA (basicConstraints
+//! CA:TRUE), and a leaf signed by another client's leaf (a chain through a non-CA
+//! intermediate). With `--crl-out` (where the server reads the CA's CRL), the probe also
+//! writes a CRL and checks revocation: a revoked leaf, a session made before the leaf was
+//! revoked and resumed after (TLS 1.3 ticket and TLS 1.2 session; it must be refused or
+//! forced into a full handshake that is refused), and a leaf under an intermediate the CA
+//! revoked.
 //!
-//! Controls prove that a refusal means something: the given good identity (`--cert/--key`)
-//! and a fresh certificate from the CA must be accepted, and the revoked certificate is the
-//! same fresh certificate, accepted just before its revocation.
+//! **Evidence.** A refusal counts only if the server asked this connection for a client
+//! certificate (a CertificateRequest arrived: rustls calls the client-certificate resolver
+//! exactly then) and then sent an alert or closed the connection, during the handshake or
+//! before the first response (with TLS 1.3 the verdict arrives after the client's side of the
+//! handshake, at the first read). A server that never asks for a certificate refuses nobody
+//! for a reason the probe can see: every such row is "inconclusive" and the probe fails. A
+//! resumed session exchanges no certificates; a refusal right after resuming counts too.
 //!
-//! "Accepted" means an HTTP response arrived (any status). "Refused" means the server sent an
-//! alert or closed the connection during the handshake or before the first response (with TLS
-//! 1.3 the verdict on a client certificate arrives after the client's side of the handshake,
-//! at the first read). Anything else (no TCP connection, the server's own certificate not
-//! trusted by `--ca`, a timeout) is "inconclusive" and fails the probe too.
+//! Controls prove that a refusal means something: the given good identity (`--cert/--key`),
+//! a fresh certificate from the CA and a leaf under a fresh intermediate must be accepted;
+//! the revoked certificate and the revoked intermediate are those, accepted just before their
+//! revocation. "Accepted" means an HTTP response arrived (any status). Anything else (no TCP
+//! connection, the server's own certificate not trusted by `--ca`, a timeout, an answer that
+//! is not HTTP) is "inconclusive" and fails the probe too.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,21 +42,28 @@ use hitless::{
     TrustSource,
 };
 use rcgen::{
-    CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
     RevokedCertParams, SerialNumber,
 };
-use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::client::{
+    ClientSessionMemoryCache, ClientSessionStore, ResolvesClientCert, Resumption,
+    Tls12ClientSessionValue, Tls13ClientSessionValue, WebPkiServerVerifier,
+};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, SignatureScheme};
+use rustls::{ClientConfig, NamedGroup, SignatureScheme, SupportedProtocolVersion};
 use serde_json::json;
 use time::OffsetDateTime;
 use x509_parser::extensions::ParsedExtension;
 
-use crate::client::{self, Target};
+use crate::client::{self, Failure, Reply, Target};
+use crate::pki::layout::{write_atomic, CERT_MODE};
+
+/// The largest `--ca-cert`, `--ca-key` or `--crl-out` file read.
+const MAX_INPUT_SIZE: u64 = 64 * 1024 * 1024;
 
 /// Flags of `hitless probe`.
 #[derive(clap::Args, Debug)]
@@ -54,8 +72,9 @@ use crate::client::{self, Target};
   hitless probe https://localhost:8443/ --ca ca.pem --cert good.crt --key good.key \\
       --ca-cert ca.pem --ca-key ca.key --crl-out /etc/server/crl.pem --json
 
-Exit status: 0 if every attack was refused and every control accepted; 1 otherwise (the
-attacks that got in are named on stderr).")]
+Exit status: 0 if every attack was refused (by a server that asked for a client certificate)
+and every control accepted; 1 otherwise (the attacks that got in, and the rows that prove
+nothing, are named on stderr).")]
 pub struct Args {
     /// The server to probe: https://HOST[:PORT][/PATH].
     pub url: String,
@@ -82,18 +101,19 @@ pub struct Args {
     /// The CA's private key, PEM (PKCS#8).
     #[arg(long, requires = "ca_cert")]
     pub ca_key: Option<PathBuf>,
-    /// Where the server reads its CRL: the probe writes (atomically) a CRL revoking its own
-    /// certificate there, keeping the revocations already in it. Enables the "revoked" attack.
+    /// Where the server reads the CRL of --ca-cert: the probe writes there (atomically) a CRL
+    /// revoking its own certificates, keeping the revocations already in it. Enables the
+    /// "revoked", "resumed after revocation" and "revoked intermediate" attacks.
     #[arg(long, requires = "ca_cert")]
     pub crl_out: Option<PathBuf>,
     /// How long to wait after writing --crl-out for the server to reload it.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    #[arg(long, value_parser = crate::value::duration, default_value = "2s")]
     pub crl_reload_wait: Duration,
     /// Print the results as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
     /// Time limit of one attempt, connection and handshake included.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = crate::value::positive_duration, default_value = "10s")]
     pub timeout: Duration,
 }
 
@@ -109,13 +129,14 @@ enum Expect {
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
-    /// The server turned the client away.
+    /// The server asked for a client certificate and turned the client away.
     Refused,
     /// The server answered a request.
     Accepted,
-    /// The attempt proves nothing either way (no connection, server not trusted, timeout).
+    /// The attempt proves nothing either way (no connection, server not trusted, timeout, a
+    /// refusal without a CertificateRequest, an answer that is not HTTP).
     Inconclusive,
-    /// Not tried: a flag it needs was not given.
+    /// Not tried: a flag it needs was not given, or the server offers nothing to attack.
     Skipped,
 }
 
@@ -147,6 +168,10 @@ struct Row {
     expected: Expect,
     result: Verdict,
     detail: String,
+    /// Whether the server sent a CertificateRequest on this connection (`None`: not tried).
+    certificate_requested: Option<bool>,
+    /// Whether the handshake resumed an earlier session.
+    resumed: bool,
 }
 
 impl Row {
@@ -162,11 +187,49 @@ impl Row {
 
     /// A row not tried, saying why.
     fn skipped(attack: &'static str, expected: Expect, why: &str) -> Row {
+        Row::without_attempt(attack, expected, Verdict::Skipped, why)
+    }
+
+    /// A row decided without an attempt of its own.
+    fn without_attempt(
+        attack: &'static str,
+        expected: Expect,
+        result: Verdict,
+        detail: &str,
+    ) -> Row {
         Row {
             attack,
             expected,
-            result: Verdict::Skipped,
-            detail: why.to_string(),
+            result,
+            detail: detail.to_string(),
+            certificate_requested: None,
+            resumed: false,
+        }
+    }
+}
+
+/// What one attempt showed.
+struct Outcome {
+    result: Verdict,
+    detail: String,
+    /// A CertificateRequest arrived.
+    asked: bool,
+    /// The handshake resumed an earlier session.
+    resumed: bool,
+    /// Nothing reached the point where the server judges a client (no TCP connection, the
+    /// server's certificate not trusted, a timeout): every other attempt would end the same.
+    unreachable: bool,
+}
+
+impl Outcome {
+    fn into_row(self, attack: &'static str, expected: Expect) -> Row {
+        Row {
+            attack,
+            expected,
+            result: self.result,
+            detail: self.detail,
+            certificate_requested: Some(self.asked),
+            resumed: self.resumed,
         }
     }
 }
@@ -191,15 +254,125 @@ struct TrustedCa {
     /// The CA's subject key identifier (or how to compute one), for the CRL's authority key
     /// identifier: verifiers such as OpenSSL match a CRL to its CA by it.
     key_id: KeyIdMethod,
+    /// The CA's pathLenConstraint: 0 forbids any CA below it.
+    path_len: Option<u32>,
 }
 
 impl TrustedCa {
-    /// A credential of a leaf issued by this CA (or by an impostor of it), with the CA chain.
-    fn leaf(&self, cert: &CertificateDer<'static>, key: &KeyPair) -> Credential {
-        let mut chain = vec![cert.clone()];
+    /// A credential of `certs` (leaf first, then any intermediates the probe made), followed
+    /// by the CA chain.
+    fn credential(&self, certs: &[&CertificateDer<'static>], key: &KeyPair) -> Credential {
+        let mut chain: Vec<CertificateDer<'static>> = certs.iter().map(|c| (*c).clone()).collect();
         chain.extend(self.chain.iter().cloned());
         Credential::Leaf(chain, PrivateKeyDer::Pkcs8(key.serialize_der().into()))
     }
+
+    /// A credential of a leaf issued by this CA (or by an impostor of it), with the CA chain.
+    fn leaf(&self, cert: &CertificateDer<'static>, key: &KeyPair) -> Credential {
+        self.credential(&[cert], key)
+    }
+}
+
+/// Records that the server asked for a client certificate: rustls calls a client's resolver
+/// when, and only when, a CertificateRequest arrives.
+#[derive(Debug)]
+struct Asked {
+    inner: Option<Arc<dyn ResolvesClientCert>>,
+    asked: Arc<AtomicBool>,
+}
+
+impl ResolvesClientCert for Asked {
+    fn resolve(
+        &self,
+        root_hint_subjects: &[&[u8]],
+        sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.asked.store(true, Ordering::SeqCst);
+        self.inner
+            .as_ref()
+            .and_then(|r| r.resolve(root_hint_subjects, sigschemes))
+    }
+
+    fn has_certs(&self) -> bool {
+        self.inner.as_ref().is_some_and(|r| r.has_certs())
+    }
+}
+
+/// A session store that remembers whether the server gave anything to resume with.
+#[derive(Debug)]
+struct Sessions {
+    inner: ClientSessionMemoryCache,
+    kept: AtomicBool,
+}
+
+impl Sessions {
+    fn new() -> Sessions {
+        Sessions {
+            inner: ClientSessionMemoryCache::new(16),
+            kept: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the server issued a TLS 1.3 ticket or a TLS 1.2 session.
+    fn kept(&self) -> bool {
+        self.kept.load(Ordering::SeqCst)
+    }
+}
+
+impl ClientSessionStore for Sessions {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.inner.set_kx_hint(server_name, group)
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.inner.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.kept.store(true, Ordering::SeqCst);
+        self.inner.set_tls12_session(server_name, value)
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.inner.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(server_name)
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: Tls13ClientSessionValue,
+    ) {
+        self.kept.store(true, Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(server_name, value)
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(server_name)
+    }
+}
+
+/// A client configuration for attempts, with what it records.
+struct Client {
+    config: Arc<ClientConfig>,
+    asked: Arc<AtomicBool>,
+    /// With resumption: the sessions the server gave.
+    sessions: Option<Arc<Sessions>>,
+}
+
+/// Which protocol versions a client offers.
+#[derive(Clone, Copy)]
+enum Versions {
+    /// Whatever rustls offers by default (TLS 1.3 and 1.2).
+    Default,
+    /// Only this one.
+    Only(&'static SupportedProtocolVersion),
 }
 
 /// Everything an attempt needs.
@@ -261,6 +434,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             got_in.join(", ")
         );
     }
+    if rows.iter().all(|r| r.certificate_requested != Some(true)) {
+        eprintln!(
+            "hitless probe: the server never asked for a client certificate (no \
+             CertificateRequest on any connection): it does not authenticate clients, so none \
+             of its refusals proves anything"
+        );
+    }
     if !other.is_empty() {
         eprintln!("hitless probe: not as expected: {}", other.join("; "));
     }
@@ -271,7 +451,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Runs the attempts in order; the revoked attack last, since it waits for a CRL reload.
+/// Runs the attempts in order; the revocation attacks last, since they wait for a CRL reload.
 fn attack(
     args: &Args,
     probe: &Probe,
@@ -285,12 +465,12 @@ fn attack(
     let needs_cert = "needs a good identity (--cert/--key or --identity)";
     let mut rows = Vec::new();
 
-    let first = probe.try_as("no client certificate", Expect::Refused, Credential::None);
-    if first.result == Verdict::Inconclusive {
+    let first = probe.attempt(&probe.client(Credential::None, Versions::Default, false)?);
+    if first.unreachable {
         // Every other attempt would end the same way: say it once.
         bail!("cannot probe {}: {}", args.url, first.detail);
     }
-    rows.push(first);
+    rows.push(first.into_row("no client certificate", Expect::Refused));
 
     let key = new_key()?;
     let cert = leaf_params("hitless-probe self-signed", now - hour, now + hour)?
@@ -299,14 +479,18 @@ fn attack(
     rows.push(probe.try_as("self-signed", Expect::Refused, leaf(cert.der(), &key)));
 
     let unknown = new_ca("hitless-probe unknown CA")?;
-    let (cert, key) = issue(
+    let unknown_leaf = issue(
         &unknown,
         "hitless-probe unknown CA client",
         now - hour,
         now + hour,
-        true,
+        Defect::None,
     )?;
-    rows.push(probe.try_as("unknown CA", Expect::Refused, leaf(&cert, &key)));
+    rows.push(probe.try_as(
+        "unknown CA",
+        Expect::Refused,
+        leaf(&unknown_leaf.cert, &unknown_leaf.key),
+    ));
 
     match ca {
         Some(ca) => {
@@ -314,14 +498,18 @@ fn attack(
             // signature tells them apart.
             let impostor = Issuer::from_ca_cert_der(&ca.chain[0], new_key()?)
                 .context("cannot read --ca-cert to make an impostor of it")?;
-            let (cert, key) = issue(
+            let forged = issue(
                 &impostor,
                 "hitless-probe impostor",
                 now - hour,
                 now + hour,
-                true,
+                Defect::None,
             )?;
-            rows.push(probe.try_as("impostor CA", Expect::Refused, ca.leaf(&cert, &key)));
+            rows.push(probe.try_as(
+                "impostor CA",
+                Expect::Refused,
+                ca.leaf(&forged.cert, &forged.key),
+            ));
         }
         None => rows.push(Row::skipped("impostor CA", Expect::Refused, needs_ca)),
     }
@@ -339,20 +527,57 @@ fn attack(
         )),
     }
 
-    let defective: [(&'static str, OffsetDateTime, OffsetDateTime, bool); 3] = [
-        ("expired", now - 2 * day, now - day, true),
-        ("not yet valid", now + day, now + 2 * day, true),
-        ("no clientAuth EKU", now - hour, now + hour, false),
+    let defective: [(&'static str, OffsetDateTime, OffsetDateTime, Defect); 4] = [
+        ("expired", now - 2 * day, now - day, Defect::None),
+        ("not yet valid", now + day, now + 2 * day, Defect::None),
+        (
+            "no clientAuth EKU",
+            now - hour,
+            now + hour,
+            Defect::ServerAuthOnly,
+        ),
+        ("CA:TRUE leaf", now - hour, now + hour, Defect::IsCa),
     ];
-    for (name, not_before, not_after, client_auth) in defective {
+    for (name, not_before, not_after, defect) in defective {
         match ca {
             Some(ca) => {
                 let cn = format!("hitless-probe {name}");
-                let (cert, key) = issue(&ca.issuer, &cn, not_before, not_after, client_auth)?;
-                rows.push(probe.try_as(name, Expect::Refused, ca.leaf(&cert, &key)));
+                let issued = issue(&ca.issuer, &cn, not_before, not_after, defect)?;
+                rows.push(probe.try_as(name, Expect::Refused, ca.leaf(&issued.cert, &issued.key)));
             }
             None => rows.push(Row::skipped(name, Expect::Refused, needs_ca)),
         }
+    }
+
+    match ca {
+        Some(ca) => {
+            // A client's own (valid, CA:FALSE) leaf signing another leaf: whoever holds one
+            // client key must not be able to mint more clients.
+            let minter = issue(
+                &ca.issuer,
+                "hitless-probe minting client",
+                now - hour,
+                now + hour,
+                Defect::None,
+            )?;
+            let minted = issue(
+                &minter.issuer(),
+                "hitless-probe minted by a client",
+                now - hour,
+                now + hour,
+                Defect::None,
+            )?;
+            rows.push(probe.try_as(
+                "non-CA intermediate",
+                Expect::Refused,
+                ca.credential(&[&minted.cert, &minter.cert], &minted.key),
+            ));
+        }
+        None => rows.push(Row::skipped(
+            "non-CA intermediate",
+            Expect::Refused,
+            needs_ca,
+        )),
     }
 
     match control {
@@ -367,108 +592,376 @@ fn attack(
     }
 
     let Some(ca) = ca else {
-        rows.push(Row::skipped("fresh from CA", Expect::Accepted, needs_ca));
-        rows.push(Row::skipped("revoked", Expect::Refused, needs_ca));
+        for (attack, expected) in REVOCATION_ROWS {
+            rows.push(Row::skipped(attack, expected, needs_ca));
+        }
         return Ok(rows);
     };
-    let serial = random_serial()?;
-    let (cert, key) = issue_with_serial(
+    revocation(args, probe, ca, &mut rows)?;
+    Ok(rows)
+}
+
+/// The rows [`revocation`] adds, in order.
+const REVOCATION_ROWS: [(&str, Expect); 6] = [
+    ("fresh from CA", Expect::Accepted),
+    ("fresh intermediate", Expect::Accepted),
+    ("revoked", Expect::Refused),
+    ("resumed after revocation (TLS 1.3)", Expect::Refused),
+    ("resumed after revocation (TLS 1.2)", Expect::Refused),
+    ("revoked intermediate", Expect::Refused),
+];
+
+/// A session made with the fresh certificate before its revocation, for one TLS version.
+struct Session {
+    attack: &'static str,
+    client: Client,
+    /// Why there is nothing to resume, if there is not.
+    unusable: Option<String>,
+}
+
+/// The controls a revocation refers to (a fresh leaf, a leaf under a fresh intermediate, and
+/// sessions made with the fresh leaf), then, with `--crl-out`, the CRL revoking the fresh leaf
+/// and the intermediate, and the attacks that must then be refused.
+fn revocation(
+    args: &Args,
+    probe: &Probe,
+    ca: &TrustedCa,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let now = OffsetDateTime::now_utc();
+    let hour = time::Duration::hours(1);
+    let fresh = issue(
         &ca.issuer,
         "hitless-probe fresh",
         now - hour,
         now + hour,
-        true,
-        &serial,
+        Defect::None,
     )?;
-    let fresh = probe.try_as("fresh from CA", Expect::Accepted, ca.leaf(&cert, &key));
-    let fresh_accepted = fresh.result == Verdict::Accepted;
-    rows.push(fresh);
+    let fresh_row = probe.try_as(
+        "fresh from CA",
+        Expect::Accepted,
+        ca.leaf(&fresh.cert, &fresh.key),
+    );
+    let fresh_accepted = fresh_row.result == Verdict::Accepted;
+    rows.push(fresh_row);
+
+    // A leaf under an intermediate made now, accepted before the CA revokes the intermediate.
+    let intermediate = if ca.path_len == Some(0) {
+        rows.push(Row::skipped(
+            "fresh intermediate",
+            Expect::Accepted,
+            "--ca-cert has pathLenConstraint 0: no CA may be made below it",
+        ));
+        None
+    } else {
+        let int = issue(
+            &ca.issuer,
+            "hitless-probe intermediate",
+            now - hour,
+            now + hour,
+            Defect::IntermediateCa,
+        )?;
+        let below = issue(
+            &int.issuer(),
+            "hitless-probe under the intermediate",
+            now - hour,
+            now + hour,
+            Defect::None,
+        )?;
+        let serial = int.serial.clone();
+        let credential = move || ca.credential(&[&below.cert, &int.cert], &below.key);
+        let row = probe.try_as("fresh intermediate", Expect::Accepted, credential());
+        let accepted = row.result == Verdict::Accepted;
+        rows.push(row);
+        Some((serial, credential, accepted))
+    };
 
     let Some(crl_out) = &args.crl_out else {
-        rows.push(Row::skipped("revoked", Expect::Refused, "needs --crl-out"));
-        return Ok(rows);
+        for (attack, expected) in &REVOCATION_ROWS[2..] {
+            rows.push(Row::skipped(attack, *expected, "needs --crl-out"));
+        }
+        return Ok(());
     };
-    if !fresh_accepted {
-        rows.push(Row {
-            attack: "revoked",
-            expected: Expect::Refused,
-            result: Verdict::Inconclusive,
-            detail: "the fresh certificate was refused before its revocation, so a refusal \
-                     after it would prove nothing"
-                .into(),
-        });
-        return Ok(rows);
-    }
-    write_crl(crl_out, ca, &serial)?;
-    tracing::info!(
-        crl = %crl_out.display(),
-        wait = %humantime::format_duration(args.crl_reload_wait),
-        "wrote a CRL revoking the fresh certificate; waiting for the server to reload it"
-    );
-    std::thread::sleep(args.crl_reload_wait);
-    let mut revoked = probe.try_as("revoked", Expect::Refused, ca.leaf(&cert, &key));
-    if revoked.result == Verdict::Accepted {
-        let _ = write!(
-            revoked.detail,
-            " (after revocation in {} and {} of waiting)",
-            crl_out.display(),
-            humantime::format_duration(args.crl_reload_wait)
-        );
-    }
-    rows.push(revoked);
-    Ok(rows)
-}
 
-impl Probe {
-    /// One attempt on a new connection: handshake, then `GET`.
-    fn try_as(&self, attack: &'static str, expected: Expect, credential: Credential) -> Row {
-        let (result, detail) = match self.client_config(credential) {
-            Err(e) => (Verdict::Inconclusive, format!("{e:#}")),
-            Ok(config) => self.runtime.block_on(async {
-                let attempt = async {
-                    let mut conn = client::connect(&self.target, config).await?;
-                    let reply = conn.get(&self.target).await;
-                    conn.close().await;
-                    reply
-                };
-                match tokio::time::timeout(self.timeout, attempt).await {
-                    Ok(Ok(reply)) => (Verdict::Accepted, format!("HTTP {}", reply.status)),
-                    Ok(Err(f)) if f.refused_by_server() => (Verdict::Refused, f.reason()),
-                    Ok(Err(f)) => (Verdict::Inconclusive, f.detail()),
-                    Err(_) => (
-                        Verdict::Inconclusive,
-                        format!(
-                            "no outcome within {}",
-                            humantime::format_duration(self.timeout)
-                        ),
-                    ),
-                }
-            }),
+    // Sessions made with the fresh certificate while it is good, to resume once it is not.
+    let mut sessions = Vec::new();
+    for (attack, version, name) in [
+        (
+            "resumed after revocation (TLS 1.3)",
+            &rustls::version::TLS13,
+            "TLS 1.3",
+        ),
+        (
+            "resumed after revocation (TLS 1.2)",
+            &rustls::version::TLS12,
+            "TLS 1.2",
+        ),
+    ] {
+        let client = probe.client(
+            ca.leaf(&fresh.cert, &fresh.key),
+            Versions::Only(version),
+            true,
+        )?;
+        let before = probe.attempt(&client);
+        let unusable = if before.result != Verdict::Accepted {
+            Some(format!(
+                "the fresh certificate got no answer over {name} before its revocation ({}): \
+                 no session to resume",
+                before.detail
+            ))
+        } else if !client.sessions.as_ref().is_some_and(|s| s.kept()) {
+            Some(format!(
+                "the server gave no session ticket or ID over {name}: nothing to resume"
+            ))
+        } else {
+            None
         };
-        tracing::debug!(attack, result = result.as_str(), "{detail}");
-        Row {
+        sessions.push(Session {
             attack,
-            expected,
-            result,
-            detail,
+            client,
+            unusable,
+        });
+    }
+
+    if !fresh_accepted {
+        let why = "the fresh certificate was refused before its revocation, so a refusal after \
+                   it would prove nothing";
+        rows.push(Row::without_attempt(
+            "revoked",
+            Expect::Refused,
+            Verdict::Inconclusive,
+            why,
+        ));
+        for s in &sessions {
+            rows.push(Row::without_attempt(
+                s.attack,
+                Expect::Refused,
+                Verdict::Inconclusive,
+                why,
+            ));
         }
     }
 
-    /// A client configuration presenting `credential`, without resumption (each attempt is a
-    /// full handshake the server must judge).
-    fn client_config(&self, credential: Credential) -> anyhow::Result<Arc<ClientConfig>> {
-        let builder = ClientConfig::builder().with_webpki_verifier(self.verifier.clone());
-        let mut config = match credential {
-            Credential::None => builder.with_no_client_auth(),
-            Credential::Leaf(chain, key) => builder
-                .with_client_auth_cert(chain, key)
-                .context("rustls refused the probe's own certificate")?,
-            Credential::Resolver(r) => builder.with_client_cert_resolver(r),
-        };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        config.resumption = rustls::client::Resumption::disabled();
-        Ok(Arc::new(config))
+    let mut revoke = vec![fresh.serial.clone()];
+    if let Some((serial, _, true)) = &intermediate {
+        revoke.push(serial.clone());
     }
+    write_crl(crl_out, ca, &revoke)?;
+    tracing::info!(
+        crl = %crl_out.display(),
+        wait = %humantime::format_duration(args.crl_reload_wait),
+        "wrote a CRL revoking the fresh certificate and intermediate; waiting for the server to \
+         reload it"
+    );
+    std::thread::sleep(args.crl_reload_wait);
+    let after = format!(
+        " (after revocation in {} and {} of waiting)",
+        crl_out.display(),
+        humantime::format_duration(args.crl_reload_wait)
+    );
+
+    if fresh_accepted {
+        let mut revoked =
+            probe.try_as("revoked", Expect::Refused, ca.leaf(&fresh.cert, &fresh.key));
+        if revoked.result == Verdict::Accepted {
+            revoked.detail.push_str(&after);
+        }
+        rows.push(revoked);
+        for s in &sessions {
+            if let Some(why) = &s.unusable {
+                rows.push(Row::skipped(s.attack, Expect::Refused, why));
+                continue;
+            }
+            let mut row = probe.attempt(&s.client).into_row(s.attack, Expect::Refused);
+            row.detail = match (row.resumed, row.result) {
+                (true, _) => format!(
+                    "resumed the session made before the revocation: {}",
+                    row.detail
+                ),
+                (false, Verdict::Refused) => format!(
+                    "the server refused to resume and refused the full handshake: {}",
+                    row.detail
+                ),
+                (false, _) => format!("not resumed: {}", row.detail),
+            };
+            if row.result == Verdict::Accepted {
+                row.detail.push_str(&after);
+            }
+            rows.push(row);
+        }
+    }
+
+    match intermediate {
+        None => rows.push(Row::skipped(
+            "revoked intermediate",
+            Expect::Refused,
+            "no intermediate could be made below --ca-cert",
+        )),
+        Some((_, _, false)) => rows.push(Row::without_attempt(
+            "revoked intermediate",
+            Expect::Refused,
+            Verdict::Inconclusive,
+            "the leaf under the fresh intermediate was refused before its revocation, so a \
+             refusal after it would prove nothing",
+        )),
+        Some((_, credential, true)) => {
+            let mut row = probe.try_as("revoked intermediate", Expect::Refused, credential());
+            if row.result == Verdict::Accepted {
+                row.detail.push_str(&after);
+            }
+            rows.push(row);
+        }
+    }
+    Ok(())
+}
+
+impl Probe {
+    /// One attempt on a new connection presenting `credential`, without resumption: a full
+    /// handshake the server must judge.
+    fn try_as(&self, attack: &'static str, expected: Expect, credential: Credential) -> Row {
+        let outcome = match self.client(credential, Versions::Default, false) {
+            Ok(client) => self.attempt(&client),
+            Err(e) => Outcome {
+                result: Verdict::Inconclusive,
+                detail: format!("{e:#}"),
+                asked: false,
+                resumed: false,
+                unreachable: false,
+            },
+        };
+        let row = outcome.into_row(attack, expected);
+        tracing::debug!(attack, result = row.result.as_str(), "{}", row.detail);
+        row
+    }
+
+    /// One attempt with `client`: handshake, then `GET`.
+    fn attempt(&self, client: &Client) -> Outcome {
+        client.asked.store(false, Ordering::SeqCst);
+        let result = self.runtime.block_on(async {
+            let attempt = async {
+                let mut conn = client::connect(&self.target, client.config.clone())
+                    .await
+                    .map_err(|f| (f, false))?;
+                let resumed = conn.resumed();
+                let reply = conn.get(&self.target).await;
+                conn.close().await;
+                reply.map(|r| (r, resumed)).map_err(|f| (f, resumed))
+            };
+            tokio::time::timeout(self.timeout, attempt).await
+        });
+        judge(result, client.asked.load(Ordering::SeqCst), self.timeout)
+    }
+
+    /// A client configuration presenting `credential` (through [`Asked`]), offering
+    /// `versions`, with a session store of its own if `resumable`.
+    fn client(
+        &self,
+        credential: Credential,
+        versions: Versions,
+        resumable: bool,
+    ) -> anyhow::Result<Client> {
+        let inner: Option<Arc<dyn ResolvesClientCert>> = match credential {
+            Credential::None => None,
+            Credential::Leaf(chain, key) => Some(Arc::new(Always(Arc::new(
+                CertifiedKey::from_der(chain, key, &provider())
+                    .context("rustls refused the probe's own certificate")?,
+            )))),
+            Credential::Resolver(r) => Some(r),
+        };
+        let asked = Arc::new(AtomicBool::new(false));
+        let builder = match versions {
+            Versions::Default => ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions(),
+            Versions::Only(version) => {
+                ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[version])
+            }
+        }
+        .context("no protocol version usable with the crypto provider")?;
+        let mut config = builder
+            .with_webpki_verifier(self.verifier.clone())
+            .with_client_cert_resolver(Arc::new(Asked {
+                inner,
+                asked: asked.clone(),
+            }));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let sessions = resumable.then(|| Arc::new(Sessions::new()));
+        config.resumption = match &sessions {
+            Some(store) => Resumption::store(store.clone()),
+            None => Resumption::disabled(),
+        };
+        Ok(Client {
+            config: Arc::new(config),
+            asked,
+            sessions,
+        })
+    }
+}
+
+/// How one attempt ended: a reply or a failure (each with whether the handshake resumed a
+/// session), or no outcome within the time limit.
+type Ending = Result<Result<(Reply, bool), (Failure, bool)>, tokio::time::error::Elapsed>;
+
+/// The verdict on one attempt: what happened, and whether it counts as evidence.
+fn judge(result: Ending, asked: bool, timeout: Duration) -> Outcome {
+    let outcome = |result, detail, resumed, unreachable| Outcome {
+        result,
+        detail,
+        asked,
+        resumed,
+        unreachable,
+    };
+    match result {
+        Ok(Ok((reply, resumed))) => outcome(
+            Verdict::Accepted,
+            format!("HTTP {}", reply.status),
+            resumed,
+            false,
+        ),
+        Ok(Err((f, resumed))) if f.refused_by_server() => {
+            if asked || resumed {
+                outcome(Verdict::Refused, f.reason(), resumed, false)
+            } else {
+                outcome(
+                    Verdict::Inconclusive,
+                    format!(
+                        "{}, but the server never asked for a client certificate (no \
+                         CertificateRequest): this refusal says nothing about client \
+                         authentication",
+                        f.reason()
+                    ),
+                    resumed,
+                    false,
+                )
+            }
+        }
+        Ok(Err((f, resumed))) => {
+            let unreachable = matches!(f, Failure::Connect(_))
+                || (matches!(f, Failure::Handshake(_)) && f.tls_error().is_some());
+            let detail = match &f {
+                Failure::Request { error, .. } if error.is_parse() || error.is_parse_status() => {
+                    format!(
+                        "the server answered something that is not HTTP: {}",
+                        f.detail()
+                    )
+                }
+                _ => f.detail(),
+            };
+            outcome(Verdict::Inconclusive, detail, resumed, unreachable)
+        }
+        Err(_) => outcome(
+            Verdict::Inconclusive,
+            format!("no outcome within {}", humantime::format_duration(timeout)),
+            false,
+            true,
+        ),
+    }
+}
+
+/// The crypto provider of the process (aws-lc-rs unless another was installed).
+fn provider() -> Arc<CryptoProvider> {
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }
 
 /// The good identity of `--cert/--key` or `--identity`, loaded once.
@@ -480,6 +973,7 @@ fn control_identity(args: &Args) -> anyhow::Result<Option<ReloadingIdentity>> {
         _ => bail!("give either --identity BUNDLE or --cert CERT --key KEY (or neither)"),
     };
     ReloadingIdentity::builder(source)
+        .role(hitless::Role::Client)
         .name("control")
         .detection(Detection::Manual)
         .build()
@@ -490,14 +984,15 @@ fn control_identity(args: &Args) -> anyhow::Result<Option<ReloadingIdentity>> {
 /// Reads `--ca-cert` (the CA first, then optionally its issuers) and `--ca-key`, and checks
 /// they belong together.
 fn load_ca(cert_path: &Path, key_path: &Path) -> anyhow::Result<TrustedCa> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-        .with_context(|| format!("{}: cannot read", cert_path.display()))?
+    let cert_pem = crate::files::read_regular(cert_path, MAX_INPUT_SIZE)
+        .with_context(|| format!("{}: cannot read", cert_path.display()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .with_context(|| format!("{}: invalid PEM", cert_path.display()))?;
     let cert_der = chain
         .first()
         .ok_or_else(|| anyhow!("{}: no certificate found", cert_path.display()))?;
-    let key_pem = std::fs::read_to_string(key_path)
+    let key_pem = crate::files::read_text(key_path, MAX_INPUT_SIZE)
         .with_context(|| format!("{}: cannot read", key_path.display()))?;
     let key = KeyPair::from_pem(&key_pem).map_err(|e| {
         anyhow!(
@@ -525,6 +1020,11 @@ fn load_ca(cert_path: &Path, key_path: &Path) -> anyhow::Result<TrustedCa> {
             _ => None,
         })
         .unwrap_or(KeyIdMethod::Sha256);
+    let path_len = parsed
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .and_then(|bc| bc.value.path_len_constraint);
     let issuer = Issuer::from_ca_cert_der(cert_der, key)
         .map_err(|e| anyhow!("{}: cannot sign with this CA: {e}", cert_path.display()))?;
     Ok(TrustedCa {
@@ -532,6 +1032,7 @@ fn load_ca(cert_path: &Path, key_path: &Path) -> anyhow::Result<TrustedCa> {
         chain,
         subject_der,
         key_id,
+        path_len,
     })
 }
 
@@ -581,50 +1082,84 @@ fn new_ca(cn: &str) -> anyhow::Result<Issuer<'static, KeyPair>> {
         now - time::Duration::days(1),
         now + time::Duration::days(1),
     )?;
-    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.extended_key_usages = Vec::new();
     params.use_authority_key_identifier_extension = false;
     Ok(Issuer::new(params, new_key()?))
 }
 
-/// A client leaf signed by `issuer` (with the clientAuth EKU, or serverAuth only).
-fn issue(
-    issuer: &Issuer<'_, KeyPair>,
-    cn: &str,
-    not_before: OffsetDateTime,
-    not_after: OffsetDateTime,
-    client_auth: bool,
-) -> anyhow::Result<(CertificateDer<'static>, KeyPair)> {
-    issue_with_serial(
-        issuer,
-        cn,
-        not_before,
-        not_after,
-        client_auth,
-        &random_serial()?,
-    )
+/// How a certificate the probe issues differs from a good client leaf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Defect {
+    /// None: a good client leaf.
+    None,
+    /// The serverAuth extended key usage instead of clientAuth.
+    ServerAuthOnly,
+    /// basicConstraints CA:TRUE (and keyCertSign) on a client leaf.
+    IsCa,
+    /// Not a leaf: a good intermediate CA (pathLenConstraint 0), to issue leaves below it.
+    IntermediateCa,
 }
 
-/// [`issue`] with a given serial.
-fn issue_with_serial(
-    issuer: &Issuer<'_, KeyPair>,
+/// A certificate the probe issued, with its key and parameters (to sign with it).
+struct Issued {
+    cert: CertificateDer<'static>,
+    key: KeyPair,
+    params: CertificateParams,
+    serial: Vec<u8>,
+}
+
+impl Issued {
+    /// An issuer signing with this certificate's key and name (whether it may or not).
+    fn issuer(&self) -> Issuer<'_, &KeyPair> {
+        Issuer::from_params(&self.params, &self.key)
+    }
+}
+
+/// A certificate named `cn` signed by `issuer`, with a random serial.
+fn issue<S: rcgen::SigningKey>(
+    issuer: &Issuer<'_, S>,
     cn: &str,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
-    client_auth: bool,
-    serial: &[u8],
-) -> anyhow::Result<(CertificateDer<'static>, KeyPair)> {
+    defect: Defect,
+) -> anyhow::Result<Issued> {
     let key = new_key()?;
+    let serial = random_serial()?;
     let mut params = leaf_params(cn, not_before, not_after)?;
-    params.serial_number = Some(SerialNumber::from_slice(serial));
-    if !client_auth {
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    match defect {
+        Defect::None => {}
+        Defect::ServerAuthOnly => {
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        }
+        Defect::IsCa => {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyCertSign,
+            ];
+        }
+        Defect::IntermediateCa => {
+            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+            ];
+            params.extended_key_usages = Vec::new();
+        }
     }
     let cert = params
         .signed_by(&key, issuer)
         .with_context(|| format!("cannot sign the certificate {cn:?}"))?;
-    Ok((cert.der().clone(), key))
+    Ok(Issued {
+        cert: cert.der().clone(),
+        key,
+        params,
+        serial,
+    })
 }
 
 /// A leaf credential from rcgen's certificate and key.
@@ -656,10 +1191,7 @@ fn stolen(identity: &ReloadingIdentity) -> anyhow::Result<Arc<dyn ResolvesClient
         .certified_key()
         .ok_or_else(|| anyhow!("the control identity is not loaded"))?;
     let key = new_key()?;
-    let provider = CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
-    let signing_key = provider
+    let signing_key = provider()
         .key_provider
         .load_private_key(PrivateKeyDer::Pkcs8(key.serialize_der().into()))
         .context("cannot load the probe's own key")?;
@@ -670,17 +1202,19 @@ fn stolen(identity: &ReloadingIdentity) -> anyhow::Result<Arc<dyn ResolvesClient
     )))))
 }
 
-/// Writes to `path`, atomically, a CRL signed by the CA revoking `serial` and everything the
-/// CRL already there (from the same CA) revoked.
-fn write_crl(path: &Path, ca: &TrustedCa, serial: &[u8]) -> anyhow::Result<()> {
+/// Writes to `path`, atomically (the exclusive-create writer `agent` uses), a CRL signed by
+/// the CA revoking `serials` and everything the CRL already there (from the same CA) revoked.
+fn write_crl(path: &Path, ca: &TrustedCa, serials: &[Vec<u8>]) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
     let mut revoked = existing_revocations(path, ca)?;
-    revoked.push(RevokedCertParams {
-        serial_number: SerialNumber::from_slice(serial),
-        revocation_time: now - time::Duration::seconds(1),
-        reason_code: None,
-        invalidity_date: None,
-    });
+    for serial in serials {
+        revoked.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(serial),
+            revocation_time: now - time::Duration::seconds(1),
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
     // CRL numbers must grow: seconds since the epoch do, across runs.
     let number = u64::try_from(now.unix_timestamp()).unwrap_or(1);
     let params = CertificateRevocationListParams {
@@ -695,13 +1229,14 @@ fn write_crl(path: &Path, ca: &TrustedCa, serial: &[u8]) -> anyhow::Result<()> {
         .signed_by(&ca.issuer)
         .context("cannot sign a CRL with --ca-key")?;
     let pem = crl.pem().context("cannot encode the CRL as PEM")?;
-    write_atomic(path, pem.as_bytes())
+    write_atomic(path, pem.as_bytes(), CERT_MODE)
+        .with_context(|| format!("{}: cannot write the CRL", path.display()))
 }
 
 /// The revocations in the CRL at `path` (none if there is no file). Refuses a file that is not
 /// a CRL of this CA, rather than replace something the probe does not understand.
 fn existing_revocations(path: &Path, ca: &TrustedCa) -> anyhow::Result<Vec<RevokedCertParams>> {
-    let bytes = match std::fs::read(path) {
+    let bytes = match crate::files::read_regular(path, MAX_INPUT_SIZE) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
@@ -740,28 +1275,6 @@ fn existing_revocations(path: &Path, ca: &TrustedCa) -> anyhow::Result<Vec<Revok
     Ok(revoked)
 }
 
-/// Writes a temporary file beside `path`, syncs it, and renames it over `path`.
-fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{}: not a file name", path.display()))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.hitless-probe.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow!("{}: cannot write the CRL: {e}", path.display())
-    })
-}
-
 /// The machine-readable report.
 fn report_json(args: &Args, rows: &[Row]) -> serde_json::Value {
     let got_in: Vec<&str> = rows
@@ -779,6 +1292,8 @@ fn report_json(args: &Args, rows: &[Row]) -> serde_json::Value {
             "result": r.result.as_str(),
             "passed": r.passed(),
             "detail": r.detail,
+            "certificate_requested": r.certificate_requested,
+            "resumed": r.resumed,
         })).collect::<Vec<_>>(),
     })
 }
@@ -858,8 +1373,8 @@ mod tests {
         let ca = load_ca(&cert, &key).unwrap();
         let crl = dir.path().join("crl.pem");
         let (first, second) = (vec![0x41; 16], vec![0x42; 16]);
-        write_crl(&crl, &ca, &first).unwrap();
-        write_crl(&crl, &ca, &second).unwrap();
+        write_crl(&crl, &ca, std::slice::from_ref(&first)).unwrap();
+        write_crl(&crl, &ca, std::slice::from_ref(&second)).unwrap();
         assert_eq!(revoked_serials(&crl), vec![first, second]);
 
         let der = CertificateRevocationListDer::from_pem_file(&crl).unwrap();
@@ -892,17 +1407,39 @@ mod tests {
         write_crl(
             &crl,
             &load_ca(&other_cert, &other_key).unwrap(),
-            &[0x41; 16],
+            &[vec![0x41; 16]],
         )
         .unwrap();
         let before = std::fs::read(&crl).unwrap();
-        let err = write_crl(&crl, &load_ca(&cert, &key).unwrap(), &[0x42; 16]).unwrap_err();
+        let err = write_crl(&crl, &load_ca(&cert, &key).unwrap(), &[vec![0x42; 16]]).unwrap_err();
         assert!(format!("{err:#}").contains("another issuer"), "{err:#}");
         assert_eq!(std::fs::read(&crl).unwrap(), before);
 
         std::fs::write(&crl, "garbage").unwrap();
-        let err = write_crl(&crl, &load_ca(&cert, &key).unwrap(), &[0x42; 16]).unwrap_err();
+        let err = write_crl(&crl, &load_ca(&cert, &key).unwrap(), &[vec![0x42; 16]]).unwrap_err();
         assert!(format!("{err:#}").contains("crl.pem"), "{err:#}");
+    }
+
+    #[test]
+    fn crl_is_written_by_exclusive_create_and_never_through_a_planted_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_ca(dir.path(), "ca");
+        let ca = load_ca(&cert, &key).unwrap();
+        let crl = dir.path().join("crl.pem");
+        // Whoever may write the directory plants a symlink where a predictable temporary file
+        // would go (the probe's own writer used `.NAME.hitless-probe.PID`, created by
+        // following links): the victim must stay untouched and the CRL be a regular file.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let planted = dir
+            .path()
+            .join(format!(".crl.pem.hitless-probe.{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        write_crl(&crl, &ca, &[vec![0x41; 16]]).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        let meta = std::fs::symlink_metadata(&crl).unwrap();
+        assert!(meta.file_type().is_file(), "{meta:?}");
+        assert_eq!(revoked_serials(&crl), vec![vec![0x41; 16]]);
     }
 
     #[test]

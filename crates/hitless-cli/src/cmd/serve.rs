@@ -20,16 +20,16 @@ use hitless::{
 };
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::CertificateDer;
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, Observed};
 use crate::http::{self, Body};
+use crate::listen::{self, Accepted, Limits, Listener, Slot};
+use crate::value;
 
 /// How the credentials notice changes on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -100,20 +100,20 @@ pub struct Args {
     /// How changes on disk are noticed.
     #[arg(long, value_enum, default_value_t = ReloadMode::Watch)]
     pub reload: ReloadMode,
-    /// Interval of --reload poll.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    /// Interval of --reload poll (more than zero).
+    #[arg(long, value_parser = value::positive_duration, default_value = "10s")]
     pub poll_interval: Duration,
     /// Minimum time between two checks of --reload on-handshake.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = value::duration, default_value = "1s")]
     pub on_handshake_ttl: Duration,
     /// How long an inconsistent read (a writer still busy) waits before a retry.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "200ms")]
+    #[arg(long, value_parser = value::duration, default_value = "200ms")]
     pub quiet_period: Duration,
     /// Serve a leaf that is expired or not yet valid instead of refusing it.
     #[arg(long)]
     pub accept_expired: bool,
     /// Raise "expiring soon" when less than this fraction of a certificate's lifetime is left.
-    #[arg(long, default_value_t = 1.0 / 3.0)]
+    #[arg(long, value_parser = value::fraction, default_value_t = 1.0 / 3.0)]
     pub expiring_soon: f64,
     /// Plain-HTTP admin listener for /healthz, /status and /metrics (no client certificate
     /// needed; keep it on loopback).
@@ -121,11 +121,29 @@ pub struct Args {
     pub admin_listen: Option<SocketAddr>,
     /// Start before the credentials exist (a sidecar agent has not written yet) and wait this
     /// long for them; /healthz answers 503 meanwhile. 0 = fail at once.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    #[arg(long, value_parser = value::duration, default_value = "0s")]
     pub wait_for_credentials: Duration,
     /// On SIGINT/SIGTERM, how long requests in flight may take to finish.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = value::duration, default_value = "10s")]
     pub shutdown_timeout: Duration,
+    /// Connections open at once on the TLS listener [default: 10000, lowered to what the
+    /// descriptor limit allows]. At the limit, new connections wait in the kernel's backlog.
+    /// Overrides the configuration file.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+    /// Connections open at once on the admin listener [default: 100].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub admin_max_connections: Option<u32>,
+    /// Time a client has to complete the TLS handshake [default: 10s].
+    #[arg(long, value_parser = value::positive_duration)]
+    pub handshake_timeout: Option<Duration>,
+    /// Time a client has to send a complete request head, after the handshake and (HTTP/1.1)
+    /// after each response; so also how long an idle HTTP/1.1 connection is kept [default: 10s].
+    #[arg(long, value_parser = value::positive_duration)]
+    pub header_read_timeout: Option<Duration>,
+    /// A connection with no request in flight for this long is closed [default: 60s].
+    #[arg(long, value_parser = value::positive_duration)]
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Args {
@@ -155,6 +173,20 @@ impl Args {
             ReloadMode::Manual => Detection::Manual,
         }
     }
+
+    /// The connection limits: these flags over `base` (the configuration file's or the
+    /// defaults).
+    fn limits(&self, base: Limits) -> Limits {
+        Limits {
+            max_connections: self.max_connections.unwrap_or(base.max_connections),
+            admin_max_connections: self
+                .admin_max_connections
+                .unwrap_or(base.admin_max_connections),
+            handshake_timeout: self.handshake_timeout.unwrap_or(base.handshake_timeout),
+            header_read_timeout: self.header_read_timeout.unwrap_or(base.header_read_timeout),
+            idle_timeout: self.idle_timeout.unwrap_or(base.idle_timeout),
+        }
+    }
 }
 
 /// What to serve, from flags (or, later, a configuration file).
@@ -181,6 +213,8 @@ pub struct Plan {
     pub drop_untrusted: bool,
     /// Graceful shutdown bound.
     pub shutdown_timeout: Duration,
+    /// Connection limits and timeouts of the listeners.
+    pub limits: Limits,
 }
 
 impl Plan {
@@ -199,6 +233,7 @@ impl Plan {
             wait: args.wait_for_credentials,
             drop_untrusted: args.drop_untrusted,
             shutdown_timeout: args.shutdown_timeout,
+            limits: args.limits(Limits::default()),
         })
     }
 }
@@ -222,6 +257,7 @@ impl Plan {
             wait: config.reload.wait_for_credentials,
             drop_untrusted: listener.is_some_and(|l| l.drop_untrusted),
             shutdown_timeout: Duration::from_secs(10),
+            limits: listener.map_or_else(Limits::default, |l| l.limits()),
         })
     }
 }
@@ -234,6 +270,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = crate::config::Config::load(path, true)?;
     let mut plan = Plan::from_config(&config)?;
     plan.shutdown_timeout = args.shutdown_timeout;
+    plan.limits = args.limits(plan.limits);
     if args.check {
         return check(&plan);
     }
@@ -247,6 +284,15 @@ fn check(plan: &Plan) -> anyhow::Result<ExitCode> {
     if let Some(admin) = plan.admin {
         println!("admin listener: {admin}");
     }
+    let limits = &plan.limits;
+    println!(
+        "connections: at most {} open (admin {}); timeouts: handshake {}, header read {}, idle {}",
+        limits.max_connections,
+        limits.admin_max_connections,
+        humantime::format_duration(limits.handshake_timeout),
+        humantime::format_duration(limits.header_read_timeout),
+        humantime::format_duration(limits.idle_timeout),
+    );
     println!("reload: {}", plan.detection.name());
     for (i, (source, options)) in plan.identities.iter().enumerate() {
         let name = options
@@ -254,6 +300,7 @@ fn check(plan: &Plan) -> anyhow::Result<ExitCode> {
             .clone()
             .unwrap_or_else(|| format!("identity[{i}]"));
         let loaded = hitless::ReloadingIdentity::builder(source.clone())
+            .role(hitless::Role::Server)
             .detection(Detection::Manual)
             .accept_expired(plan.accept_expired)
             .build();
@@ -411,16 +458,34 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
     started: Option<tokio::sync::oneshot::Sender<Started>>,
 ) -> anyhow::Result<ExitCode> {
-    let observed = Observed::new(identities.clone(), trust.clone(), metrics);
+    let limits = plan
+        .limits
+        .fitted(listen::descriptor_limit(), plan.admin.is_some());
+    let observed = Observed::new(identities.clone(), trust.clone(), metrics.clone());
+    // Every connection task watches this to finish gracefully on shutdown.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(addr) = plan.admin {
-        let admin = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (--admin-listen)"))?;
+        let admin = Listener::bind(
+            "admin",
+            addr,
+            limits.admin_max_connections,
+            metrics.listener("admin"),
+        )
+        .with_context(|| format!("cannot listen on {addr} (--admin-listen)"))?;
         if !addr.ip().is_loopback() {
             tracing::warn!(admin = %addr, "admin listener is not on loopback: /status and /metrics are readable from the network");
         }
-        tracing::info!(admin = %addr, "admin listener: /healthz /status /metrics");
-        tokio::spawn(admin::serve_admin(admin, observed.clone()));
+        tracing::info!(
+            admin = %addr,
+            max_connections = limits.admin_max_connections,
+            "admin listener: /healthz /status /metrics"
+        );
+        tokio::spawn(admin::serve_admin(
+            admin,
+            observed.clone(),
+            limits,
+            stop_rx.clone(),
+        ));
     }
     spawn_sighup_reload(identities.clone(), trust.clone());
     // Without a detector thread (manual, on-handshake) nothing else announces expiry.
@@ -441,12 +506,13 @@ pub async fn serve(
 
     if !observed.all_loaded() {
         tracing::info!(timeout = ?plan.wait, "waiting for credentials to be written");
-        let give_up = Instant::now() + plan.wait;
+        // The flag's parser bounds the wait; a deadline past the end of time is "never".
+        let give_up = Instant::now().checked_add(plan.wait);
         loop {
             if observed.all_loaded() {
                 break;
             }
-            if Instant::now() >= give_up {
+            if give_up.is_some_and(|g| Instant::now() >= g) {
                 bail!(
                     "gave up after --wait-for-credentials {}: {}",
                     humantime::format_duration(plan.wait),
@@ -479,9 +545,13 @@ pub async fn serve(
         .build()
         .context("cannot build the TLS configuration")?;
 
-    let listener = TcpListener::bind(plan.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", plan.listen))?;
+    let mut listener = Listener::bind(
+        "tls",
+        plan.listen,
+        limits.max_connections,
+        metrics.listener("tls"),
+    )
+    .with_context(|| format!("cannot listen on {}", plan.listen))?;
     let local = listener.local_addr().context("listener has no address")?;
     observed.ready.store(true, Ordering::SeqCst);
     if let Some(started) = started {
@@ -496,25 +566,21 @@ pub async fn serve(
         mutual_tls = trust.is_some(),
         drop_untrusted = plan.drop_untrusted,
         reload = plan.detection.name(),
+        max_connections = limits.max_connections,
+        handshake_timeout = ?limits.handshake_timeout,
+        header_read_timeout = ?limits.header_read_timeout,
+        idle_timeout = ?limits.idle_timeout,
         "serving HTTPS"
     );
     let (trust_tx, trust_rx) = tokio::sync::watch::channel(configs.trust_generation());
     configs.on_trust_change(move |generation| {
         trust_tx.send_replace(generation);
     });
-    let graceful = GracefulShutdown::new();
+    let http = Arc::new(listen::http_builder(&limits, false));
 
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             _ = &mut shutdown => break,
         };
         // The configuration current now: the trust and session cache of this moment.
@@ -524,41 +590,46 @@ pub async fn serve(
             configs: configs.clone(),
             trust_changes: trust_rx.clone(),
             drop_untrusted: plan.drop_untrusted,
-            peer,
+            peer: accepted.peer,
+            http: http.clone(),
+            limits,
+            shutdown: stop_rx.clone(),
         };
-        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                        // A TCP health check or port scan: nothing was offered, nothing refused.
-                        tracing::debug!(%peer, "connection closed before a TLS handshake: {e}");
-                        return;
-                    }
-                    Ok(Err(e)) => {
-                        connection
-                            .observed
-                            .metrics
-                            .refused(admin::refusal_reason(&e));
-                        tracing::info!(%peer, "handshake refused: {e}");
-                        return;
-                    }
-                    Err(_) => {
-                        connection.observed.metrics.refused("timeout");
-                        tracing::info!(%peer, "handshake timed out");
-                        return;
-                    }
-                };
+            let Accepted { tcp, peer, slot } = accepted;
+            let handshake = acceptor.accept(tcp);
+            let tls = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    // A TCP health check or port scan: nothing was offered, nothing refused.
+                    tracing::debug!(%peer, "connection closed before a TLS handshake: {e}");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    connection
+                        .observed
+                        .metrics
+                        .refused(admin::refusal_reason(&e));
+                    tracing::info!(%peer, "handshake refused: {e}");
+                    return;
+                }
+                Err(_) => {
+                    connection.observed.metrics.refused("timeout");
+                    slot.timed_out("handshake");
+                    tracing::info!(%peer, "handshake timed out");
+                    return;
+                }
+            };
             connection.observed.metrics.accepted();
-            connection.serve(tls, watcher).await;
+            connection.serve(tls, &slot).await;
         });
     }
 
-    drop(listener);
+    let drain = listener.close();
+    stop_tx.send_replace(true);
     tracing::info!("shutting down: no new connections, waiting for requests in flight");
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = drain.wait() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(plan.shutdown_timeout) => {
             tracing::warn!("shutdown timeout reached, closing remaining connections");
         }
@@ -597,13 +668,16 @@ struct Connection {
     trust_changes: tokio::sync::watch::Receiver<u64>,
     drop_untrusted: bool,
     peer: SocketAddr,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    limits: Limits,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Connection {
     async fn serve(
         mut self,
         tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        watcher: hyper_util::server::graceful::Watcher,
+        slot: &Slot,
     ) {
         let _open = self.observed.metrics.open_connection();
         let peer = self.peer;
@@ -624,11 +698,16 @@ impl Connection {
         });
         let service = hyper::service::service_fn(move |req| {
             let response = context.respond(&req);
-            async move { Ok::<_, std::convert::Infallible>(response) }
+            std::future::ready(Ok::<_, std::convert::Infallible>(response))
         });
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let conn = builder.serve_connection(TokioIo::new(tls), service);
-        let served = watcher.watch(conn.into_owned());
+        let served = listen::serve_http(
+            &self.http,
+            tls,
+            service,
+            &self.limits,
+            slot,
+            self.shutdown.clone(),
+        );
         // With --drop-untrusted, a trust change re-checks this connection's client certificate;
         // if the new trust refuses it, the connection is dropped (closed).
         let configs = self.configs.clone();
@@ -647,10 +726,8 @@ impl Connection {
             }
         };
         tokio::select! {
-            result = served => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, "connection ended with an error: {e}");
-                }
+            ended = served => {
+                tracing::debug!(%peer, "connection ended: {ended}");
             }
             reason = untrusted => {
                 self.observed.metrics.dropped_untrusted();

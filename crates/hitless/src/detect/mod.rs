@@ -15,8 +15,9 @@
 //!   the reload the way a debounce would.
 //! - [`Detection::Poll`]: every interval (±10% jitter, so a fleet does not poll in step), compare
 //!   each file's (device, inode, size, mtime) through its symlinks; attempt when one changed.
-//! - [`Detection::OnHandshake`]: no thread; a handshake looks at most once per TTL, inline,
-//!   and never waits (see `on_handshake`).
+//! - [`Detection::OnHandshake`]: no long-lived thread; a handshake looks at most once per TTL,
+//!   inline, and never waits; a trust change found is loaded on a thread that ends with the
+//!   reload, so an accept loop never waits for it (see `on_handshake`).
 //! - [`Detection::Manual`]: no thread; call `reload()`.
 //!
 //! Failures that persist are retried with backoff (1 s doubling to 30 s): a certificate that is
@@ -25,7 +26,7 @@
 mod on_handshake;
 mod watch;
 
-pub(crate) use on_handshake::OnHandshake;
+pub(crate) use on_handshake::{LoadOn, OnHandshake};
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -51,7 +52,9 @@ pub enum Detection {
         interval: Duration,
     },
     /// No background thread: a handshake looks at the files (one `stat` each) at most once per
-    /// `ttl`, inline, and never waits for a check another handshake is running.
+    /// `ttl`, inline, and never waits for a check another handshake is running. A changed
+    /// identity is loaded by that handshake; a changed trust bundle on a thread started for
+    /// that one reload (the trust is checked on accept loops, which must not wait).
     OnHandshake {
         /// Minimum time between two checks.
         ttl: Duration,
@@ -113,6 +116,10 @@ pub(crate) trait Target: Send + Sync {
     /// Announces expiry events when due; when the next one is due.
     fn check_expiry(&self) -> Option<std::time::SystemTime>;
     fn attempt(&self, report: bool) -> Attempt;
+    /// An attempt unless another one is running (then `None`, without waiting).
+    fn try_attempt(&self, report: bool) -> Option<Attempt>;
+    /// The credential's name, for thread names and logs.
+    fn name(&self) -> String;
     fn is_failing(&self) -> bool;
 }
 
@@ -122,6 +129,12 @@ impl<L: Load> Target for Reloading<L> {
     }
     fn attempt(&self, report: bool) -> Attempt {
         Reloading::attempt(self, report)
+    }
+    fn try_attempt(&self, report: bool) -> Option<Attempt> {
+        Reloading::try_attempt(self, report)
+    }
+    fn name(&self) -> String {
+        self.name.clone()
     }
     fn is_failing(&self) -> bool {
         Reloading::is_failing(self)

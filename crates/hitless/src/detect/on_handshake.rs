@@ -1,34 +1,60 @@
-//! `on-handshake` mode: no background thread at all.
+//! `on-handshake` mode: no detector thread.
 //!
 //! The handshake path calls [`OnHandshake::maybe_check`], which costs one clock read (vDSO, no
 //! system call) and one atomic load while the TTL has not run out. Once it has, the first
-//! handshake to notice takes a `try_lock` (never waits: a handshake that finds a check running
-//! simply serves the current snapshot) and, inline, compares the files' identities (one `stat`
-//! per file); only if they changed does it read and validate them, and a good result is what
-//! this very handshake serves. So at most one handshake per TTL pays for a few `stat` calls,
-//! and no handshake ever waits for another.
+//! caller to notice claims the check (an atomic flag: a caller that finds a check running
+//! simply goes on with the current snapshot, it never waits) and compares the files'
+//! identities (one `stat` per file). Only if they changed is anything read:
 //!
-//! Choose it where a background thread is unwelcome (some sandboxes, tiny embedded services,
-//! processes that fork). Otherwise prefer `watch` (instant, nothing on the handshake path) or
-//! `poll` (predictable, nothing on the handshake path).
+//! - for an identity ([`LoadOn::Caller`]), inline: the check runs in the certificate
+//!   resolver, on the handshake's own task, and a good result is what this very handshake
+//!   serves;
+//! - for a trust bundle ([`LoadOn::OneShotThread`]), on a short-lived thread that ends with
+//!   the reload: the trust is checked from `ReloadingServerConfig::current()`, which servers
+//!   call on their accept loop, and a slow read or parse (a large CRL, a slow disk) must not
+//!   stop the accept loop. The handshakes that follow use the new trust once it is loaded.
+//!
+//! A reload already running elsewhere (a manual `reload()`, `SIGHUP`) is never waited for: the
+//! check is skipped and made again after the next TTL. The files' identities are taken
+//! *before* the attempt reads them, so a file replaced while an attempt runs differs from what
+//! was recorded and is looked at again (taken after, that update would be lost).
+//!
+//! Choose it where a long-lived background thread is unwelcome (some sandboxes, tiny embedded
+//! services, processes that fork). Otherwise prefer `watch` (instant, nothing on the handshake
+//! path) or `poll` (predictable, nothing on the handshake path).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::Target;
 use crate::reload::Attempt;
+use crate::snapshot::lock;
 use crate::source::files::{stamps, FileStamp};
+
+/// Where the reload of a change found by a check runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LoadOn {
+    /// On the caller's thread (the handshake that noticed serves the result).
+    Caller,
+    /// On a thread started for this one reload, so the caller never waits for it.
+    OneShotThread,
+}
 
 pub(crate) struct OnHandshake {
     ttl: Duration,
     base: Instant,
     next_due_nanos: AtomicU64,
-    state: Mutex<State>,
+    load_on: LoadOn,
+    checks: Arc<Checks>,
 }
 
-struct State {
-    targets: Vec<Tracked>,
+/// The state a check works on, shared with a one-shot reload thread.
+struct Checks {
+    /// Set while a check (or the reload it started) runs.
+    busy: AtomicBool,
+    /// Only touched by whoever set `busy`, so never contended.
+    targets: Mutex<Vec<Tracked>>,
 }
 
 struct Tracked {
@@ -38,8 +64,64 @@ struct Tracked {
     pending: bool,
 }
 
+/// Clears `busy` when the check (or its reload thread) is done, whatever happened.
+struct Claim(Arc<Checks>);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.0.busy.store(false, Ordering::Release);
+    }
+}
+
+impl Checks {
+    /// Claims the right to check, or `None` if a check is running.
+    fn claim(self: &Arc<Self>) -> Option<Claim> {
+        self.busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()
+            .map(|_| Claim(self.clone()))
+    }
+
+    /// Whether any credential needs an attempt: a file changed, or the last read failed.
+    fn due(&self) -> bool {
+        lock(&self.targets).iter().any(|t| {
+            t.target.upgrade().is_some_and(|target| {
+                t.pending || target.is_failing() || stamps(&target.paths()) != t.stamps
+            })
+        })
+    }
+
+    /// Attempts a reload of each credential that needs one.
+    fn reload(&self) {
+        for t in lock(&self.targets).iter_mut() {
+            let Some(target) = t.target.upgrade() else {
+                continue;
+            };
+            // Before the read: an update landing during the attempt then still differs.
+            let before = stamps(&target.paths());
+            if before == t.stamps && !t.pending && !target.is_failing() {
+                continue;
+            }
+            let report = t.pending;
+            // Another reload is running (manual, SIGHUP): do not wait for it; the stamps are
+            // left as they were, so the next check looks again.
+            let Some(outcome) = target.try_attempt(report) else {
+                continue;
+            };
+            t.pending = matches!(
+                outcome,
+                Attempt::Failed {
+                    reported: false,
+                    ..
+                }
+            );
+            t.stamps = before;
+        }
+    }
+}
+
 impl OnHandshake {
-    pub(crate) fn new(ttl: Duration, targets: Vec<Weak<dyn Target>>) -> Self {
+    pub(crate) fn new(ttl: Duration, load_on: LoadOn, targets: Vec<Weak<dyn Target>>) -> Self {
         let base = Instant::now();
         let targets = targets
             .into_iter()
@@ -59,7 +141,11 @@ impl OnHandshake {
             ttl,
             base,
             next_due_nanos: AtomicU64::new(nanos(ttl)),
-            state: Mutex::new(State { targets }),
+            load_on,
+            checks: Arc::new(Checks {
+                busy: AtomicBool::new(false),
+                targets: Mutex::new(targets),
+            }),
         }
     }
 
@@ -69,30 +155,44 @@ impl OnHandshake {
         if now < self.next_due_nanos.load(Ordering::Relaxed) {
             return;
         }
-        let Ok(mut state) = self.state.try_lock() else {
+        let Some(claim) = self.checks.claim() else {
             return;
         };
         self.next_due_nanos
             .store(now.saturating_add(nanos(self.ttl)), Ordering::Relaxed);
-        for t in &mut state.targets {
-            let Some(target) = t.target.upgrade() else {
-                continue;
-            };
-            let now_stamps = stamps(&target.paths());
-            if now_stamps == t.stamps && !t.pending && !target.is_failing() {
-                continue;
-            }
-            let report = t.pending;
-            let outcome = target.attempt(report);
-            t.pending = matches!(
-                outcome,
-                Attempt::Failed {
-                    reported: false,
-                    ..
-                }
-            );
-            t.stamps = stamps(&target.paths());
+        if !self.checks.due() {
+            return;
         }
+        if self.load_on == LoadOn::OneShotThread {
+            let checks = self.checks.clone();
+            let name = format!("hitless-reload {}", self.name());
+            let spawned = std::thread::Builder::new().name(name).spawn(move || {
+                let _claim = claim;
+                checks.reload();
+            });
+            match spawned {
+                Ok(_) => return,
+                // No thread to be had: the claim was dropped with the closure; load here
+                // rather than not at all.
+                Err(e) => tracing::debug!("cannot start a reload thread, reloading inline: {e}"),
+            }
+            let Some(_claim) = self.checks.claim() else {
+                return;
+            };
+            self.checks.reload();
+            return;
+        }
+        self.checks.reload();
+        drop(claim);
+    }
+
+    /// The first credential's name, for the reload thread's name.
+    fn name(&self) -> String {
+        lock(&self.checks.targets)
+            .first()
+            .and_then(|t| t.target.upgrade())
+            .map(|t| t.name())
+            .unwrap_or_default()
     }
 }
 

@@ -39,6 +39,7 @@ use crate::Error;
 
 type Configure<C> = Arc<dyn Fn(&mut C) + Send + Sync>;
 type TrustCallback = Arc<dyn Fn(u64) + Send + Sync>;
+type ConfigCallback<C> = Arc<dyn Fn(&Arc<C>) + Send + Sync>;
 /// Builds a configuration for the current trust.
 type Build<C> = Box<dyn Fn(&BuildContext<'_>) -> Result<C, Error> + Send + Sync>;
 
@@ -74,6 +75,7 @@ struct Inner<C> {
     epoch: Arc<AtomicU64>,
     build: Build<C>,
     on_trust_change: std::sync::Mutex<Vec<TrustCallback>>,
+    on_config: std::sync::Mutex<Vec<ConfigCallback<C>>>,
     /// Serialises rebuilds (trust and identity detectors run on different threads).
     rebuild_lock: std::sync::Mutex<()>,
 }
@@ -116,6 +118,7 @@ impl<C: Send + Sync + 'static> Inner<C> {
             epoch,
             build,
             on_trust_change: std::sync::Mutex::default(),
+            on_config: std::sync::Mutex::default(),
             rebuild_lock: std::sync::Mutex::default(),
         });
         if let Some(trust) = trust {
@@ -167,7 +170,12 @@ impl<C: Send + Sync + 'static> Inner<C> {
         let _serialise = lock(&self.rebuild_lock);
         match make(self.trust.as_ref(), &self.epoch, &self.build) {
             Ok((config, generation)) => {
-                self.current.store(Arc::new(config));
+                let config = Arc::new(config);
+                self.current.store(config.clone());
+                let callbacks = lock(&self.on_config).clone();
+                for c in callbacks {
+                    c(&config);
+                }
                 let previous = self.trust_generation.swap(generation, Ordering::SeqCst);
                 if previous != generation {
                     tracing::info!(
@@ -330,6 +338,15 @@ impl ReloadingServerConfig {
     /// Calls `callback(trust_generation)` after every trust change has been applied.
     pub fn on_trust_change(&self, callback: impl Fn(u64) + Send + Sync + 'static) {
         lock(&self.inner.on_trust_change).push(Arc::new(callback));
+    }
+
+    /// Calls `callback` with every new configuration, after it is in use (a trust change, or a
+    /// rotation followed with [`new_sessions_on_rotation`](ServerConfigBuilder::new_sessions_on_rotation)).
+    /// For frameworks that hold one `Arc<ServerConfig>` and can swap it, e.g. axum-server's
+    /// `RustlsConfig::reload_from_config`. The callback runs on the thread that applied the
+    /// change: keep it short.
+    pub fn on_config(&self, callback: impl Fn(&Arc<ServerConfig>) + Send + Sync + 'static) {
+        lock(&self.inner.on_config).push(Arc::new(callback));
     }
 
     /// Checks a client certificate chain (leaf first) against the current trust and CRLs, as a

@@ -3,6 +3,8 @@
 //! Everything here runs on the handshake path, so it must not touch the disk, take a lock or
 //! allocate beyond an `Arc` clone: each call is one atomic load of the current snapshot.
 
+#[cfg(feature = "tokio")]
+mod acceptor;
 mod client;
 mod config;
 mod server;
@@ -10,6 +12,8 @@ mod sessions;
 mod sni;
 mod verify;
 
+#[cfg(feature = "tokio")]
+pub use acceptor::TlsAcceptor;
 pub use client::{ClientIdentityResolver, ReloadingServerVerifier};
 pub use config::{
     ClientConfigBuilder, ReloadingClientConfig, ReloadingServerConfig, ServerConfigBuilder,

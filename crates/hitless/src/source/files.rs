@@ -3,6 +3,10 @@
 //! A credential made of several files is read file by file, then each file's identity
 //! (device, inode, size, modification time, through symlinks) is taken again: if any changed
 //! while reading, the read is not trusted (a writer was busy) and is retried later.
+//!
+//! Each file is opened without blocking and judged by its open descriptor (`fstat`): only a
+//! regular file of bounded size is read, so a named pipe or a device put in a credential's
+//! place is refused with the reason instead of hanging or flooding the reader.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -58,6 +62,9 @@ impl FileStamp {
 pub(crate) struct Snapshot {
     /// `(path, contents)` in reading order.
     pub(crate) files: Vec<(PathBuf, Vec<u8>)>,
+    /// The permission bits of each file read (same order as `files`; `None` off Unix), taken
+    /// from the descriptor the bytes were read through.
+    pub(crate) modes: Vec<Option<u32>>,
     /// SHA-256 over all paths and contents: equal digests mean nothing changed.
     pub(crate) digest: [u8; 32],
 }
@@ -70,6 +77,15 @@ impl Snapshot {
             .find(|(p, _)| p == path)
             .map(|(_, c)| c.as_slice())
             .unwrap_or(&[])
+    }
+
+    /// The permission bits of `path` as read, if known.
+    pub(crate) fn mode(&self, path: &Path) -> Option<u32> {
+        self.files
+            .iter()
+            .zip(&self.modes)
+            .find(|((p, _), _)| p == path)
+            .and_then(|(_, m)| *m)
     }
 }
 
@@ -86,9 +102,11 @@ pub(crate) fn read_stable(paths: &[&Path]) -> Result<Snapshot, Error> {
         before.push(FileStamp::of(p)?);
     }
     let mut files = Vec::with_capacity(unique.len());
+    let mut modes = Vec::with_capacity(unique.len());
     let mut hasher = Sha256::new();
     for p in &unique {
-        let contents = read_regular(p)?;
+        let Read { contents, mode } = read_regular(p)?;
+        modes.push(mode);
         let name = p.as_os_str().as_encoded_bytes();
         hasher.update((name.len() as u64).to_le_bytes());
         hasher.update(name);
@@ -105,6 +123,7 @@ pub(crate) fn read_stable(paths: &[&Path]) -> Result<Snapshot, Error> {
     }
     Ok(Snapshot {
         files,
+        modes,
         digest: hasher.finalize().into(),
     })
 }
@@ -112,17 +131,67 @@ pub(crate) fn read_stable(paths: &[&Path]) -> Result<Snapshot, Error> {
 /// The largest credential file read (CRLs of large CAs run to tens of MiB).
 const MAX_FILE_SIZE: u64 = 256 * 1024 * 1024;
 
-/// Reads a regular file (symlinks followed) of at most [`MAX_FILE_SIZE`]: a named pipe would
-/// block the reader forever, a device could be endless.
-fn read_regular(path: &Path) -> Result<Vec<u8>, Error> {
-    use std::io::Read;
+/// Opens `path` (symlinks followed) without ever blocking: with `O_NONBLOCK`, opening a named
+/// pipe returns at once instead of waiting for a writer.
+#[cfg(unix)]
+fn open_nonblocking(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn open_nonblocking(path: &Path) -> std::io::Result<fs::File> {
+    fs::File::open(path)
+}
+
+/// What a file that is not a regular file is, for error messages.
+fn kind_of(file_type: fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_fifo() {
+            return "a named pipe";
+        }
+        if file_type.is_socket() {
+            return "a socket";
+        }
+        if file_type.is_char_device() || file_type.is_block_device() {
+            return "a device";
+        }
+    }
+    if file_type.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// One file as read: its bytes and the permission bits of the very file they came from.
+struct Read {
+    contents: Vec<u8>,
+    mode: Option<u32>,
+}
+
+/// Reads a regular file (symlinks followed) of at most [`MAX_FILE_SIZE`]. The type and size
+/// are checked on the *open descriptor* (`fstat`), not on the path: a named pipe or a device
+/// swapped in between a check by path and the open would otherwise block the reader forever
+/// or feed it endlessly. The open itself never blocks (`O_NONBLOCK`).
+fn read_regular(path: &Path) -> Result<Read, Error> {
+    use std::io::Read as _;
     let read_error = |error| Error::Read {
         path: path.to_path_buf(),
         error,
     };
-    let meta = fs::metadata(path).map_err(read_error)?;
+    let file = open_nonblocking(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
     if !meta.is_file() {
-        return Err(read_error(std::io::Error::other("not a regular file")));
+        return Err(read_error(std::io::Error::other(format!(
+            "{} instead of a regular file",
+            kind_of(meta.file_type())
+        ))));
     }
     if meta.len() > MAX_FILE_SIZE {
         return Err(read_error(std::io::Error::other(format!(
@@ -130,8 +199,7 @@ fn read_regular(path: &Path) -> Result<Vec<u8>, Error> {
             MAX_FILE_SIZE / (1024 * 1024)
         ))));
     }
-    let file = fs::File::open(path).map_err(read_error)?;
-    let mut contents = Vec::with_capacity(meta.len() as usize);
+    let mut contents = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     file.take(MAX_FILE_SIZE + 1)
         .read_to_end(&mut contents)
         .map_err(read_error)?;
@@ -140,7 +208,21 @@ fn read_regular(path: &Path) -> Result<Vec<u8>, Error> {
             "grew past the size limit while read",
         )));
     }
-    Ok(contents)
+    Ok(Read {
+        contents,
+        mode: mode_of(&meta),
+    })
+}
+
+#[cfg(unix)]
+fn mode_of(meta: &fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    Some(meta.permissions().mode() & 0o7777)
+}
+
+#[cfg(not(unix))]
+fn mode_of(_meta: &fs::Metadata) -> Option<u32> {
+    None
 }
 
 /// Stamps of `paths`, `None` for a file that cannot be stat'ed (missing, ...).
@@ -148,18 +230,12 @@ pub(crate) fn stamps(paths: &[PathBuf]) -> Vec<Option<FileStamp>> {
     paths.iter().map(|p| FileStamp::of(p).ok()).collect()
 }
 
-/// The mode bits of `path` if group or others may read it (a key file should be 0600 or 0400).
-#[cfg(unix)]
-pub(crate) fn loose_key_mode(path: &Path) -> Option<u32> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = fs::metadata(path).ok()?.permissions().mode() & 0o777;
-    (mode & 0o044 != 0).then_some(mode)
-}
-
-#[cfg(not(unix))]
-pub(crate) fn loose_key_mode(_path: &Path) -> Option<u32> {
-    None
-}
+/// Permission bits that let group or others read a file: a secret (private key, PKCS#12
+/// identity, password) should be 0600 or 0400.
+pub(crate) const READABLE_BY_OTHERS: u32 = 0o044;
+/// Permission bits that let group or others write a file: whoever can write a credential or a
+/// trust file decides who is trusted.
+pub(crate) const WRITABLE_BY_OTHERS: u32 = 0o022;
 
 /// Every path whose change can change what `path` reads: the path itself, and each hop of its
 /// symlink chain (so a Kubernetes `..data` swap or a certbot `live/` relink is seen), ending

@@ -7,14 +7,26 @@
 //! again on every reload, so a rotated password that arrives with its keystore is picked up;
 //! one trailing newline is ignored.
 //!
+//! As a **trust store**, a PKCS#12 file contributes its trusted-certificate entries (Java's
+//! `trustedCertEntry`, marked with Oracle's trusted-key-usage attribute) and its certificate bags
+//! that belong to no private key, such as what `openssl pkcs12 -export -nokeys` writes. The
+//! certificates of a private-key entry are never trust anchors: its leaf (a bag with a
+//! localKeyId, or whose public key is that of a private key in the file) and the chain from that
+//! leaf up to its root (its issuers, found by name among the bags not marked trusted, as
+//! `p12-keystore` links a private-key entry). Trusting a client's own `.p12` would otherwise let
+//! whoever holds that client's key mint accepted certificates; to trust a CA, export it alone.
+//!
 //! JKS (Java's old proprietary format) is not read: no well-kept Rust crate reads it. Convert it
 //! once with `keytool -importkeystore -srckeystore app.jks -srcstoretype JKS -destkeystore
 //! app.p12 -deststoretype PKCS12`.
 
 use std::path::{Path, PathBuf};
 
-use p12_keystore::{KeyStore, KeyStoreEntry, Pkcs12ImportPolicy};
+use p12_keystore::{KeyStore, Pkcs12Archive, Pkcs12ImportPolicy};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
 
 use crate::source::files;
 use crate::Error;
@@ -64,13 +76,8 @@ impl Password {
     }
 }
 
-fn open(path: &Path, data: &[u8], password: &str) -> Result<KeyStore, Error> {
-    if data.is_empty() {
-        return Err(Error::Empty {
-            path: path.to_owned(),
-        });
-    }
-    KeyStore::from_pkcs12(data, password, Pkcs12ImportPolicy::Strict).map_err(|e| match e {
+fn pkcs12_error(path: &Path, e: p12_keystore::error::Error) -> Error {
+    match e {
         p12_keystore::error::Error::MacError(_) => Error::WrongPassword {
             path: path.to_owned(),
         },
@@ -78,7 +85,17 @@ fn open(path: &Path, data: &[u8], password: &str) -> Result<KeyStore, Error> {
             path: path.to_owned(),
             reason: other.to_string(),
         },
-    })
+    }
+}
+
+fn open(path: &Path, data: &[u8], password: &str) -> Result<KeyStore, Error> {
+    if data.is_empty() {
+        return Err(Error::Empty {
+            path: path.to_owned(),
+        });
+    }
+    KeyStore::from_pkcs12(data, password, Pkcs12ImportPolicy::Strict)
+        .map_err(|e| pkcs12_error(path, e))
 }
 
 /// The key and certificates of the first key entry of a PKCS#12 file.
@@ -102,25 +119,124 @@ pub(crate) fn identity(
     Ok((certs, key))
 }
 
-/// Every certificate of a PKCS#12 trust store (trusted-certificate entries and chains).
-pub(crate) fn certificates(
+/// The trust anchors of a PKCS#12 trust store (see the module documentation): trusted-certificate
+/// entries and certificate bags that belong to no private key. `provider` derives the public
+/// keys of the file's private keys, to recognise their certificates even without localKeyId.
+pub(crate) fn trust_anchors(
     path: &Path,
     data: &[u8],
     password: &str,
+    provider: &CryptoProvider,
 ) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let store = open(path, data, password)?;
-    let mut out = Vec::new();
-    for (_, entry) in store.entries() {
-        match entry {
-            KeyStoreEntry::Certificate(c) => out.push(CertificateDer::from(c.as_der().to_vec())),
-            KeyStoreEntry::PrivateKeyChain(chain) => out.extend(
-                chain
-                    .certs()
-                    .iter()
-                    .map(|c| CertificateDer::from(c.as_der().to_vec())),
-            ),
-            _ => {}
+    if data.is_empty() {
+        return Err(Error::Empty {
+            path: path.to_owned(),
+        });
+    }
+    let archive = Pkcs12Archive::from_pkcs12(data, password).map_err(|e| pkcs12_error(path, e))?;
+    let key_ids: Vec<&[u8]> = archive
+        .keys
+        .iter()
+        .filter_map(|k| k.local_key_id.as_ref().map(|id| id.as_ref()))
+        .collect();
+    // A key the provider cannot load (an algorithm rustls does not know) is matched by
+    // localKeyId only.
+    let public_keys: Vec<Vec<u8>> = archive
+        .keys
+        .iter()
+        .filter_map(|k| {
+            let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(k.key.as_der().to_vec()));
+            let key = provider.key_provider.load_private_key(der).ok()?;
+            key.public_key().map(|spki| spki.as_ref().to_vec())
+        })
+        .collect();
+
+    struct Bag<'a> {
+        der: &'a [u8],
+        subject: Vec<u8>,
+        issuer: Vec<u8>,
+        subject_text: String,
+        trusted: bool,
+        /// Part of a private-key entry: its leaf or a certificate of the chain under it.
+        keyed: bool,
+    }
+    let mut bags = Vec::with_capacity(archive.certs.len());
+    for (i, bag) in archive.certs.iter().enumerate() {
+        let der = bag.cert.as_der();
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| Error::Certificate {
+            path: path.to_owned(),
+            index: i + 1,
+            reason: e.to_string(),
+        })?;
+        let spki = cert.public_key().raw;
+        let leaf_of_a_key = bag
+            .local_key_id
+            .as_deref()
+            .is_some_and(|id| key_ids.contains(&id))
+            || public_keys.iter().any(|k| k.as_slice() == spki);
+        bags.push(Bag {
+            der,
+            subject: cert.subject().as_raw().to_vec(),
+            issuer: cert.issuer().as_raw().to_vec(),
+            subject_text: cert.subject().to_string(),
+            trusted: bag.trusted,
+            // A bag with a localKeyId was attached to a key, even if the key is not here.
+            keyed: leaf_of_a_key || (bag.local_key_id.is_some() && !bag.trusted),
+        });
+    }
+    // The chain under each leaf of a key: issuers by name among the untrusted bags, as
+    // p12-keystore links a private-key entry's chain. Bounded by the number of bags.
+    let leaves: Vec<usize> = (0..bags.len()).filter(|&i| bags[i].keyed).collect();
+    for leaf in leaves {
+        let mut current = leaf;
+        for _ in 0..bags.len() {
+            if bags[current].subject == bags[current].issuer {
+                break;
+            }
+            let issuer = (0..bags.len()).find(|&j| {
+                j != current && !bags[j].trusted && bags[j].subject == bags[current].issuer
+            });
+            match issuer {
+                Some(j) if !bags[j].keyed => {
+                    bags[j].keyed = true;
+                    current = j;
+                }
+                _ => break,
+            }
         }
     }
-    Ok(out)
+    let mut anchors = Vec::new();
+    let mut skipped = Vec::new();
+    for bag in &bags {
+        if bag.keyed {
+            skipped.push(bag.subject_text.as_str());
+        } else {
+            anchors.push(CertificateDer::from(bag.der.to_vec()));
+        }
+    }
+    if anchors.is_empty() {
+        return Err(Error::Trust {
+            path: path.to_owned(),
+            reason: if skipped.is_empty() {
+                "no certificate in the PKCS#12 trust store".into()
+            } else {
+                format!(
+                    "no trust anchor in the PKCS#12 file: it holds a private key and its \
+                     certificates ({}), an identity rather than a trust store, and the \
+                     certificates of a private-key entry are never trusted; export the CA \
+                     certificates alone (`openssl pkcs12 -export -nokeys`, or `keytool \
+                     -importcert` into a trust store)",
+                    skipped.join("; ")
+                )
+            },
+        });
+    }
+    for subject in skipped {
+        tracing::warn!(
+            file = %path.display(),
+            subject,
+            "certificate of a private-key entry in a PKCS#12 trust store: not a trust anchor"
+        );
+    }
+    Ok(anchors)
 }
