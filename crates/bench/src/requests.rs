@@ -1155,7 +1155,13 @@ pub struct InstrResult {
 }
 
 /// The modes counted under callgrind.
-const INSTR_MODES: [Mode; 4] = [Mode::New, Mode::H1, Mode::Resume13, Mode::Resume12Ids];
+const INSTR_MODES: [Mode; 5] = [
+    Mode::New,
+    Mode::H1,
+    Mode::H2,
+    Mode::Resume13,
+    Mode::Resume12Ids,
+];
 
 /// The total instruction count of a callgrind output file.
 fn callgrind_totals(path: &Path) -> Option<u64> {
