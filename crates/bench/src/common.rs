@@ -159,8 +159,8 @@ impl Pki {
             .detection(detection)
             .build()
             .expect("reloading trust");
-        let configs = ReloadingServerConfig::builder(wrap(identity.resolver()))
-            .client_trust(trust.clone())
+        let configs = ReloadingServerConfig::builder_with_resolver(wrap(identity.resolver()))
+            .client_trust(&trust)
             .build()
             .expect("reloading server config");
         Hitless {

@@ -20,8 +20,10 @@
 //!       "last_error": { "file": "/path", "reason": "...", "at": "..." } },
 //!     { "kind": "trust", "name": "client-trust", ..., "fingerprint": "sha256 hex",
 //!       "cas": [ { "subject": "...", "fingerprint": "...", "not_after": "..." } ],
-//!       "crls": [ { "file": "...", "issuer": "...", "this_update": "...",
-//!                   "next_update": "...", "revoked": 1 } ] } ] }
+//!       "crls": [ { "file": "...", "issuer": "...", "number": "7", "this_update": "...",
+//!                   "next_update": "...", "revoked": 1, "verified_by": "CA sha256 hex" } ],
+//!       "superseded_crls": [ same fields: CRLs of an issuer hidden by a newer one ],
+//!       "non_ca_anchors": [ { "subject": "...", "fingerprint": "..." } ] } ] }
 //! ```
 //! The overall `state` is the worst of the credentials': `degraded` when a reload is failing or
 //! expiry is near, `expired` when an expired certificate is served (or nothing is).
@@ -438,19 +440,24 @@ impl Observed {
                         })
                     })
                     .collect();
-                v["crls"] = c
-                    .value
-                    .crls()
-                    .iter()
-                    .map(|crl| {
-                        json!({
-                            "file": crl.path,
-                            "issuer": crl.issuer,
-                            "this_update": rfc3339(crl.this_update),
-                            "next_update": crl.next_update.map(rfc3339),
-                            "revoked": crl.revoked,
-                        })
+                let crl_json = |crl: &hitless::CrlInfo| {
+                    json!({
+                        "file": crl.path,
+                        "issuer": crl.issuer,
+                        "number": crl.number,
+                        "this_update": rfc3339(crl.this_update),
+                        "next_update": crl.next_update.map(rfc3339),
+                        "revoked": crl.revoked,
+                        "verified_by": crl.verified_by,
                     })
+                };
+                v["crls"] = c.value.crls().iter().map(crl_json).collect();
+                v["superseded_crls"] = c.value.superseded_crls().iter().map(crl_json).collect();
+                v["non_ca_anchors"] = c
+                    .value
+                    .non_ca_anchors()
+                    .iter()
+                    .map(|ca| json!({ "subject": ca.subject, "fingerprint": ca.fingerprint }))
                     .collect();
             }
             credentials.push(v);

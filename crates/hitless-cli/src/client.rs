@@ -1,6 +1,6 @@
 //! The HTTPS client side shared by `call` and `probe`: where to connect (a [`Target`] parsed
-//! from the URL), one TLS connection carrying HTTP/1.1 requests ([`Connection`]), and what went
-//! wrong when a request got no response ([`Failure`]).
+//! from the URL), one TLS connection carrying HTTP/1.1 or HTTP/2 requests ([`Connection`]), and
+//! what went wrong when a request got no response ([`Failure`]).
 //!
 //! It knows nothing about where credentials come from: each connection is made with the
 //! `ClientConfig` it is given (for `call`, the one current at that moment, so rotations and
@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper::{Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::ClientConfig;
 use sha2::{Digest, Sha256};
@@ -84,15 +84,22 @@ impl Target {
         };
         // Fail here, once, rather than on every request.
         target
-            .request()
+            .request(Protocol::Http1)
+            .and_then(|_| target.request(Protocol::Http2))
             .with_context(|| format!("{url}: cannot make a request of it"))?;
         Ok(target)
     }
 
-    /// A `GET` of the target's path.
-    fn request(&self) -> Result<Request<Empty<Bytes>>, hyper::http::Error> {
-        Request::get(self.path.as_str())
-            .header(hyper::header::HOST, self.authority.as_str())
+    /// A `GET` of the target's path: origin-form with a `Host` header for HTTP/1.1, the
+    /// absolute URL for HTTP/2 (its `:scheme` and `:authority`).
+    fn request(&self, protocol: Protocol) -> Result<Request<Empty<Bytes>>, hyper::http::Error> {
+        let builder = match protocol {
+            Protocol::Http1 => Request::get(self.path.as_str())
+                .header(hyper::header::HOST, self.authority.as_str()),
+            Protocol::Http2 => Request::get(format!("https://{}{}", self.authority, self.path))
+                .version(hyper::Version::HTTP_2),
+        };
+        builder
             .header(
                 hyper::header::USER_AGENT,
                 concat!("hitless/", env!("CARGO_PKG_VERSION")),
@@ -118,11 +125,69 @@ pub struct Reply {
     /// From sending the request (the handshake done) to the response head: the server's
     /// answer time as the client sees it, where a delayed-ACK stall would show.
     pub wait: Duration,
+    /// True if the connection's handshake resumed an earlier TLS session.
+    pub resumed: bool,
 }
 
-/// One TLS connection to the target carrying HTTP/1.1 requests, one at a time.
+/// The HTTP version spoken on a connection (offered by ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 (ALPN `http/1.1`).
+    Http1,
+    /// HTTP/2 (ALPN `h2`).
+    Http2,
+}
+
+impl Protocol {
+    /// The ALPN protocol name.
+    pub fn alpn(self) -> &'static [u8] {
+        match self {
+            Protocol::Http1 => b"http/1.1",
+            Protocol::Http2 => b"h2",
+        }
+    }
+}
+
+/// The request half of a connection.
+enum Sender {
+    H1(http1::SendRequest<Empty<Bytes>>),
+    H2(http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Sender {
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    async fn send(
+        &mut self,
+        request: Request<Empty<Bytes>>,
+    ) -> Result<
+        hyper::Response<hyper::body::Incoming>,
+        hyper::client::conn::TrySendError<Request<Empty<Bytes>>>,
+    > {
+        match self {
+            Sender::H1(s) => s.try_send_request(request).await,
+            Sender::H2(s) => s.try_send_request(request).await,
+        }
+    }
+}
+
+/// One TLS connection to the target carrying HTTP/1.1 requests one at a time, or HTTP/2
+/// requests.
 pub struct Connection {
-    sender: http1::SendRequest<Empty<Bytes>>,
+    sender: Sender,
+    protocol: Protocol,
     /// The task driving the connection; taken once awaited.
     driver: Option<JoinHandle<hyper::Result<()>>>,
     server_fingerprint: Option<String>,
@@ -132,8 +197,20 @@ pub struct Connection {
     handshake: Duration,
 }
 
-/// Opens a TCP connection to the target and completes a TLS handshake with `config`.
+/// Opens a TCP connection to the target and completes a TLS handshake with `config`, for
+/// HTTP/1.1.
 pub async fn connect(target: &Target, config: Arc<ClientConfig>) -> Result<Connection, Failure> {
+    connect_as(target, config, Protocol::Http1).await
+}
+
+/// Opens a TCP connection to the target, completes a TLS handshake with `config` (whose ALPN
+/// list should offer `protocol`) and speaks `protocol` on it; HTTP/2 needs the server to have
+/// chosen `h2` by ALPN.
+pub async fn connect_as(
+    target: &Target,
+    config: Arc<ClientConfig>,
+    protocol: Protocol,
+) -> Result<Connection, Failure> {
     let started = Instant::now();
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
@@ -152,17 +229,34 @@ pub async fn connect(target: &Target, config: Arc<ClientConfig>) -> Result<Conne
         .and_then(|chain| chain.first())
         .map(fingerprint);
     let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    let (sender, connection) =
-        http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|error| Failure::Request {
-                error,
-                first: true,
-                unsent: true,
-            })?;
-    let driver = tokio::spawn(connection);
+    let unsent = |error| Failure::Request {
+        error,
+        first: true,
+        unsent: true,
+    };
+    let (sender, driver) = match protocol {
+        Protocol::Http1 => {
+            let (sender, connection) = http1::handshake(TokioIo::new(tls)).await.map_err(unsent)?;
+            (Sender::H1(sender), tokio::spawn(connection))
+        }
+        Protocol::Http2 => {
+            let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            if alpn.as_deref() != Some(b"h2".as_slice()) {
+                return Err(Failure::Protocol(format!(
+                    "the server did not choose HTTP/2 by ALPN (it chose {})",
+                    alpn.map_or("nothing".into(), |p| String::from_utf8_lossy(&p)
+                        .into_owned())
+                )));
+            }
+            let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(unsent)?;
+            (Sender::H2(sender), tokio::spawn(connection))
+        }
+    };
     Ok(Connection {
         sender,
+        protocol,
         driver: Some(driver),
         server_fingerprint,
         responses: 0,
@@ -185,7 +279,9 @@ impl Connection {
     /// Sends `GET` and reads the whole response.
     pub async fn get(&mut self, target: &Target) -> Result<Reply, Failure> {
         let first = self.responses == 0;
-        let request = target.request().map_err(|e| Failure::Body(e.to_string()))?;
+        let request = target
+            .request(self.protocol)
+            .map_err(|e| Failure::Body(e.to_string()))?;
         if let Err(error) = self.sender.ready().await {
             return Err(Failure::Request {
                 error: self.why_closed(error).await,
@@ -194,7 +290,7 @@ impl Connection {
             });
         }
         let sent = Instant::now();
-        let response = match self.sender.try_send_request(request).await {
+        let response = match self.sender.send(request).await {
             Ok(response) => response,
             Err(mut e) => {
                 let unsent = e.take_message().is_some();
@@ -220,6 +316,7 @@ impl Connection {
             server_fingerprint: self.server_fingerprint.clone(),
             handshake: first.then_some(self.handshake),
             wait,
+            resumed: self.resumed,
         })
     }
 
@@ -280,6 +377,8 @@ pub enum Failure {
     },
     /// The response body could not be read.
     Body(String),
+    /// The server does not speak the protocol asked for (no `h2` by ALPN).
+    Protocol(String),
     /// No outcome within the time limit.
     Timeout,
 }
@@ -316,6 +415,7 @@ impl Failure {
                 (None, _) => format!("request: {error}"),
             },
             Failure::Body(_) => "body".into(),
+            Failure::Protocol(_) => "protocol: no h2".into(),
             Failure::Timeout => "timeout".into(),
         }
     }
@@ -327,6 +427,7 @@ impl Failure {
             Failure::Handshake(e) => format!("TLS handshake: {}", chain(e)),
             Failure::Request { error, .. } => format!("request: {}", chain(error)),
             Failure::Body(e) => format!("response body: {e}"),
+            Failure::Protocol(e) => format!("protocol: {e}"),
             Failure::Timeout => "no response within the time limit".into(),
         }
     }

@@ -8,8 +8,10 @@ mod config;
 mod files;
 mod http;
 mod listen;
+mod load;
 mod logging;
 mod pki;
+mod repeat;
 mod value;
 
 use std::process::ExitCode;
@@ -62,7 +64,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's live view owns the terminal: it sends the log to a file itself.
     let demo_tui = matches!(&cli.command, Command::Demo(args) if args.uses_tui());
-    if !demo_tui {
+    if matches!(&cli.command, Command::Call(_)) {
+        // A load generator repeats the same warning on every request: one line a second each.
+        repeat::init(cli.log_format);
+    } else if !demo_tui {
         logging::init(cli.log_format);
     }
     // A server's connections and a load generator's are descriptors: use what the hard limit

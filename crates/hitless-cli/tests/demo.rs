@@ -49,6 +49,15 @@ fn demo_without_tui_passes_every_check() {
     assert_eq!(summary_number(summary, "failed handshakes"), 0, "{summary}");
     assert_eq!(summary_number(summary, "failed requests"), 0, "{summary}");
     assert!(summary_number(summary, "requests ok") > 0, "{summary}");
+    // Requests, not only handshakes: the rate of all of them and their latency percentiles.
+    assert!(summary_number(summary, "requests/s") > 0, "{summary}");
+    let latency = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("request latency:"))
+        .unwrap_or_else(|| panic!("no request latency line:\n{summary}"));
+    for p in ["p50 ", "p90 ", "p99 ", "p99.9 ", "max "] {
+        assert!(latency.contains(p), "no {p}in {latency}");
+    }
     assert!(summary.contains(", 0 lost,"), "{summary}");
     assert!(summary.contains("result: PASS"), "{summary}");
     // Every probe run passed: "probes: N run, N passed, M attacks refused".
@@ -142,6 +151,8 @@ fn live_view_renders_in_a_terminal() {
         "no non-zero handshake rate on the screen:\n{screen}"
     );
     assert!(screen.contains("failed handshakes 0"), "{screen}");
+    assert!(screen.contains("requests/s"), "{screen}");
+    assert!(screen.contains("latency last second"), "{screen}");
     // q ends it cleanly.
     let pid: u32 = tmux(
         &socket,

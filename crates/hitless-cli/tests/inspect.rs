@@ -684,7 +684,7 @@ fn devices_and_pipes_are_refused_not_read() {
     let out = inspect_bounded(&[&zero]);
     assert_eq!(code(&out), 1, "{}", show(&out));
     assert!(
-        stdout(&out).contains("/dev/zero: cannot read: not a regular file"),
+        stdout(&out).contains("/dev/zero: cannot read: a device instead of a regular file"),
         "{}",
         show(&out)
     );
@@ -700,7 +700,7 @@ fn devices_and_pipes_are_refused_not_read() {
     assert_eq!(code(&out), 1, "{}", show(&out));
     assert!(
         stdout(&out).contains(&format!(
-            "{}: cannot read: not a regular file",
+            "{}: cannot read: a named pipe instead of a regular file",
             fifo.display()
         )),
         "{}",
@@ -712,7 +712,7 @@ fn devices_and_pipes_are_refused_not_read() {
     let out = inspect_bounded(&[&cert, &"--key", &zero]);
     assert_eq!(code(&out), 1, "{}", show(&out));
     assert!(
-        stdout(&out).contains("not a regular file"),
+        stdout(&out).contains("instead of a regular file"),
         "{}",
         show(&out)
     );
@@ -720,7 +720,7 @@ fn devices_and_pipes_are_refused_not_read() {
     let out = inspect_bounded(&[&p12, &"--password-file", &fifo]);
     assert_eq!(code(&out), 1, "{}", show(&out));
     assert!(
-        stdout(&out).contains("not a regular file"),
+        stdout(&out).contains("instead of a regular file"),
         "{}",
         show(&out)
     );

@@ -17,8 +17,9 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use hitless_test_pki::{Ca, KeyFormat, KeyType, Leaf, LeafSpec};
+use hitless_test_pki::{sha256_hex, Ca, KeyFormat, KeyType, Leaf, LeafSpec};
 use serde_json::Value;
+use time::Duration as TimeDuration;
 use time::OffsetDateTime;
 
 /// How long a change on disk (or a signal, or the clock) may take to show in `/status` or
@@ -1098,4 +1099,62 @@ fn expiry_is_announced_in_every_reload_mode() {
             "--reload {mode}: the expiry is not logged:\n{log}"
         );
     }
+}
+
+/// `/status` of the trust shows the CRL in force with its number and the CA that verified it,
+/// the older CRL of the same issuer as superseded, and a trust anchor that is not a CA.
+#[test]
+fn status_shows_crls_in_force_superseded_and_non_ca_anchors() {
+    let pki = Pki::new();
+    let bundle = pki.write_bundle("identity.pem", &pki.server);
+    let older = pki.ca.crl(&[], TimeDuration::hours(1));
+    let newer = pki.ca.crl(&[], TimeDuration::hours(1));
+    let (older_file, newer_file) = (pki.path("older.crl"), pki.path("newer.crl"));
+    std::fs::write(&older_file, older.pem).unwrap();
+    std::fs::write(&newer_file, newer.pem).unwrap();
+    // A leaf used as an extra anchor: trusted (pinning), but flagged.
+    let pinned = pki.ca.issue(&LeafSpec::client("pinned-leaf"));
+    let anchors = pki.path("anchors.pem");
+    std::fs::write(
+        &anchors,
+        format!("{}{}", pki.ca.cert_pem(), pinned.cert_pem),
+    )
+    .unwrap();
+    let args: Vec<OsString> = vec![
+        "--identity".into(),
+        bundle.into(),
+        "--client-ca".into(),
+        anchors.into(),
+        "--crl".into(),
+        older_file.clone().into(),
+        "--crl".into(),
+        newer_file.clone().into(),
+    ];
+    let (_server, admin) = start_until(&pki, &args, |server, admin| {
+        listening(server.port) && get_status(admin).is_ok()
+    });
+    let status = get_status(admin).unwrap();
+    let trust = credential(&status, "trust");
+    let crls = trust["crls"].as_array().expect("crls array");
+    assert_eq!(crls.len(), 1, "only the newest CRL is in force: {trust:#}");
+    assert_eq!(crls[0]["file"], path_str(&newer_file), "{trust:#}");
+    assert!(crls[0]["number"].is_string(), "{trust:#}");
+    assert_eq!(
+        crls[0]["verified_by"],
+        sha256_hex(&pki.ca.cert_der()),
+        "{trust:#}"
+    );
+    let superseded = trust["superseded_crls"]
+        .as_array()
+        .expect("superseded array");
+    assert_eq!(superseded.len(), 1, "{trust:#}");
+    assert_eq!(superseded[0]["file"], path_str(&older_file), "{trust:#}");
+    let non_ca = trust["non_ca_anchors"].as_array().expect("non_ca_anchors");
+    assert_eq!(non_ca.len(), 1, "{trust:#}");
+    assert!(
+        non_ca[0]["subject"]
+            .as_str()
+            .is_some_and(|s| s.contains("pinned-leaf")),
+        "{trust:#}"
+    );
 }

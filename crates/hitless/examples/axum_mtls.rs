@@ -4,9 +4,11 @@
 //! authentication, and a TLS handshake inside `axum::serve`'s `Listener::accept` makes every
 //! connection wait behind the slowest handshake. The recipe instead:
 //!
-//! 1. accept TCP yourself;
-//! 2. take the TLS configuration current at that moment (`configs.current()`: one atomic load);
-//! 3. do the handshake in the connection's own task;
+//! 1. accept TCP yourself (and set `TCP_NODELAY`);
+//! 2. in the connection's own task, handshake with [`hitless::TlsAcceptor`], which takes the
+//!    TLS configuration current when the ClientHello arrives (one atomic load), under a
+//!    timeout;
+//! 3. (client certificates are verified against the client CAs current at that moment);
 //! 4. hand the TLS stream to hyper, with the axum `Router` as its service.
 //!
 //! ```sh
@@ -27,6 +29,7 @@ use std::time::Duration;
 use axum::extract::Request;
 use axum::routing::get;
 use axum::{Extension, Router};
+use hitless::TlsAcceptor;
 use hitless::{
     CertInfo, IdentitySource, ReloadingIdentity, ReloadingServerConfig, ReloadingTrust, TrustSource,
 };
@@ -35,7 +38,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 /// The client certificate of the connection a request came on.
@@ -51,8 +53,8 @@ pub fn tls(identity: &Path, client_ca: &Path) -> Result<ReloadingServerConfig, h
         .on_event(|event| eprintln!("client CAs: {event:?}"))
         .build()?;
     // The handles above may be dropped: the resolver and the configuration keep them alive.
-    ReloadingServerConfig::builder(identity.resolver())
-        .client_trust(client_cas)
+    ReloadingServerConfig::builder(&identity)
+        .client_trust(&client_cas)
         .configure(|c| c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()])
         .build()
 }
@@ -68,6 +70,8 @@ async fn hello(Extension(caller): Extension<Caller>) -> String {
 
 /// Serves `app` over mutual TLS on `listener`, forever.
 pub async fn serve(listener: TcpListener, tls: ReloadingServerConfig, app: Router) {
+    // Takes the configuration current when each ClientHello arrives.
+    let acceptor = TlsAcceptor::new(tls);
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -79,13 +83,17 @@ pub async fn serve(listener: TcpListener, tls: ReloadingServerConfig, app: Route
             }
         };
         // The configuration for this connection: new identity and new client CAs apply here.
-        let acceptor = TlsAcceptor::from(tls.current());
+        // No Nagle stall between the handshake and the response.
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(stream) => stream,
-                Err(e) => return eprintln!("{peer}: handshake failed: {e}"),
-            };
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return eprintln!("{peer}: handshake failed: {e}"),
+                    Err(_) => return eprintln!("{peer}: handshake timed out"),
+                };
             // rustls checked the chain against the client CAs; read who it is for the handlers.
             let leaf = stream
                 .get_ref()

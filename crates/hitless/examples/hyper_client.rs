@@ -39,7 +39,7 @@ use tokio_rustls::TlsConnector;
 pub fn tls(identity: &Path, ca: &Path) -> Result<ReloadingClientConfig, hitless::Error> {
     let identity = ReloadingIdentity::builder(IdentitySource::bundle(identity)).build()?;
     let trust = ReloadingTrust::builder(TrustSource::cas([ca])).build()?;
-    ReloadingClientConfig::builder(trust)
+    ReloadingClientConfig::builder(&trust)
         .identities(vec![identity])
         .configure(|c| c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()])
         .build()

@@ -38,7 +38,11 @@ pub fn tls_config(identity: &Path, ca: &Path) -> Result<rustls::ClientConfig, hi
     let trust = ReloadingTrust::builder(TrustSource::cas([ca]))
         .on_event(|event| eprintln!("server CAs: {event:?}"))
         .build()?;
-    let mut config = rustls::ClientConfig::builder()
+    // The provider the verifier uses (never `ClientConfig::builder()`, which panics when
+    // rustls has two providers compiled in and none is installed process-wide).
+    let mut config = rustls::ClientConfig::builder_with_provider(trust.crypto_provider().clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| hitless::Error::CryptoProvider { source })?
         // `dangerous` only because the verifier is not rustls' own: it runs rustls' WebPKI
         // verifier, built from the current CA bundle and CRLs, with full name checks.
         .dangerous()

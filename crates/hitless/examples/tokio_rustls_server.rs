@@ -1,7 +1,8 @@
 //! The plain tokio-rustls accept loop: a TLS echo server whose certificate reloads.
 //!
-//! Everything else (hyper, axum, tonic) is built on this loop: accept TCP, take the
-//! configuration current at that moment, hand the handshake to the connection's own task.
+//! Everything else (hyper, axum, tonic) is built on this loop: accept TCP (with
+//! `TCP_NODELAY`), hand the handshake to the connection's own task, where
+//! [`hitless::TlsAcceptor`] takes the configuration current when the ClientHello arrives.
 //!
 //! ```sh
 //! cargo run -p hitless --example tokio_rustls_server -- identity.pem 127.0.0.1:8443
@@ -15,9 +16,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use hitless::TlsAcceptor;
 use hitless::{Detection, IdentitySource, ReloadingIdentity, ReloadingServerConfig};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 /// A server configuration serving `identity`, watched (or polled every `poll`).
 pub fn tls(
@@ -34,11 +35,13 @@ pub fn tls(
         .build()?;
     // Without client trust this is one fixed configuration; `current()` is still the call to
     // make per connection, so that adding client trust later changes nothing here.
-    ReloadingServerConfig::builder(identity.resolver()).build()
+    ReloadingServerConfig::builder(&identity).build()
 }
 
 /// Echoes every TLS connection on `listener`, forever.
 pub async fn serve(listener: TcpListener, tls: ReloadingServerConfig) {
+    // Takes the configuration current when each ClientHello arrives.
+    let acceptor = TlsAcceptor::new(tls);
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -48,12 +51,16 @@ pub async fn serve(listener: TcpListener, tls: ReloadingServerConfig) {
                 continue;
             }
         };
-        let acceptor = TlsAcceptor::from(tls.current());
+        // No Nagle stall between the handshake and the response.
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(stream) => stream,
-                Err(e) => return eprintln!("{peer}: handshake failed: {e}"),
-            };
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return eprintln!("{peer}: handshake failed: {e}"),
+                    Err(_) => return eprintln!("{peer}: handshake timed out"),
+                };
             let (mut from, mut to) = tokio::io::split(stream);
             if let Err(e) = tokio::io::copy(&mut from, &mut to).await {
                 eprintln!("{peer}: {e}");

@@ -2,8 +2,8 @@
 //!
 //! tonic's own `ServerTlsConfig`/`ClientTlsConfig` take fixed PEM. The recipe instead:
 //!
-//! - server: your own accept loop does the TLS handshake with the configuration current at
-//!   that moment (`ReloadingServerConfig::current()`: one atomic load) and feeds finished TLS
+//! - server: your own accept loop does the TLS handshake with [`hitless::TlsAcceptor`] (the
+//!   configuration current when the ClientHello arrives: one atomic load) and feeds finished TLS
 //!   streams to `Server::serve_with_incoming`; the client certificate reaches the handlers
 //!   through `Request::peer_certs()`;
 //! - client: `Endpoint::connect_with_connector` with a connector that does the handshake with
@@ -28,6 +28,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use hitless::TlsAcceptor;
 use hitless::{
     CertInfo, IdentitySource, ReloadingClientConfig, ReloadingIdentity, ReloadingServerConfig,
     ReloadingTrust, TrustSource,
@@ -37,7 +38,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Server, Uri};
@@ -61,8 +62,8 @@ pub fn server_tls(
     client_ca: &Path,
 ) -> Result<ReloadingServerConfig, hitless::Error> {
     let (identity, client_cas) = credentials(identity, client_ca)?;
-    ReloadingServerConfig::builder(identity.resolver())
-        .client_trust(client_cas)
+    ReloadingServerConfig::builder(&identity)
+        .client_trust(&client_cas)
         .configure(|c| c.alpn_protocols = vec![b"h2".to_vec()])
         .build()
 }
@@ -70,7 +71,7 @@ pub fn server_tls(
 /// The client's TLS: its identity, and the CAs the server must chain to.
 pub fn client_tls(identity: &Path, ca: &Path) -> Result<ReloadingClientConfig, hitless::Error> {
     let (identity, trust) = credentials(identity, ca)?;
-    ReloadingClientConfig::builder(trust)
+    ReloadingClientConfig::builder(&trust)
         .identities(vec![identity])
         .configure(|c| c.alpn_protocols = vec![b"h2".to_vec()])
         .build()
@@ -83,6 +84,8 @@ fn tls_incoming(
     tls: ReloadingServerConfig,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, Infallible>> {
     let (ready, incoming) = mpsc::channel(64);
+    // Takes the configuration current when each ClientHello arrives.
+    let acceptor = TlsAcceptor::new(tls);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -97,14 +100,17 @@ fn tls_incoming(
                     continue;
                 }
             };
-            let acceptor = TlsAcceptor::from(tls.current());
+            // No Nagle stall between the handshake and the response.
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
             let ready = ready.clone();
             tokio::spawn(async move {
-                match acceptor.accept(tcp).await {
-                    Ok(stream) => {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
                         let _ = ready.send(Ok(stream)).await;
                     }
-                    Err(e) => eprintln!("{peer}: handshake failed: {e}"),
+                    Ok(Err(e)) => eprintln!("{peer}: handshake failed: {e}"),
+                    Err(_) => eprintln!("{peer}: handshake timed out"),
                 }
             });
         }

@@ -384,7 +384,8 @@ impl IdentityBuilder {
     }
 
     /// The rustls crypto provider used to load keys and verify the chain's signatures
-    /// (default: the process default, else aws-lc-rs).
+    /// (default: the process default if one is installed, else the one compiled in by the
+    /// crate's features: aws-lc-rs, else ring). Give the same provider to the configuration.
     pub fn crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
         self.provider = Some(provider);
         self
@@ -399,7 +400,7 @@ impl IdentityBuilder {
             Validation {
                 accept_expired: self.accept_expired,
                 role: self.role,
-                provider: self.provider.unwrap_or_else(default_provider),
+                provider: self.provider.map_or_else(default_provider, Ok)?,
             },
         );
         Ok(ReloadingIdentity {
@@ -435,6 +436,14 @@ impl ReloadingIdentity {
     }
 
     common_handle_methods!(Identity);
+
+    /// The crypto provider that loads the identity's key and checks its chain (the one given
+    /// to [`IdentityBuilder::crypto_provider`], else the default one). For a rustls
+    /// configuration built by hand around [`resolver`](Self::resolver), so that the
+    /// configuration and the key agree.
+    pub fn crypto_provider(&self) -> &Arc<CryptoProvider> {
+        &self.shared.reloading.loader().rules.provider
+    }
 
     /// The rustls chain and key being served now: one atomic load and an `Arc` clone.
     pub fn certified_key(&self) -> Option<Arc<CertifiedKey>> {
@@ -486,8 +495,11 @@ pub struct TrustBuilder {
 impl TrustBuilder {
     common_builder_methods!();
 
-    /// The rustls crypto provider of the verifiers (default: the process default, else
-    /// aws-lc-rs).
+    /// The rustls crypto provider of the verifiers and of the CRL signature checks (default:
+    /// the process default if one is installed, else the one compiled in by the crate's
+    /// features: aws-lc-rs, else ring). A [`ReloadingServerConfig`](crate::ReloadingServerConfig)
+    /// or [`ReloadingClientConfig`](crate::ReloadingClientConfig) following this trust uses
+    /// this provider unless given its own.
     pub fn crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
         self.provider = Some(provider);
         self
@@ -502,7 +514,7 @@ impl TrustBuilder {
             .first()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "trust".into());
-        let loader = TrustLoader::new(self.source, self.provider);
+        let loader = TrustLoader::new(self.source, self.provider)?;
         Ok(ReloadingTrust {
             // The trust is checked from `ReloadingServerConfig::current()`, on accept loops: a
             // slow reload must not stop them.
@@ -527,6 +539,14 @@ impl ReloadingTrust {
     }
 
     common_handle_methods!(Trust);
+
+    /// The crypto provider the trust's verifiers are built with (the one given to
+    /// [`TrustBuilder::crypto_provider`], else the default one). For a rustls configuration
+    /// built by hand around [`ReloadingServerVerifier`](crate::ReloadingServerVerifier), so
+    /// that the configuration and its verifier agree.
+    pub fn crypto_provider(&self) -> &Arc<CryptoProvider> {
+        &self.shared.reloading.loader().provider
+    }
 }
 
 /// Options of one identity in a [`ServerIdentities`] set.
@@ -675,7 +695,8 @@ impl ServerIdentitiesBuilder {
         self
     }
 
-    /// The rustls crypto provider used to load keys and verify the chains' signatures.
+    /// The rustls crypto provider used to load keys and verify the chains' signatures
+    /// (default: as [`IdentityBuilder::crypto_provider`]).
     pub fn crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
         self.provider = Some(provider);
         self
@@ -689,7 +710,7 @@ impl ServerIdentitiesBuilder {
                 name: self.options.name.unwrap_or_else(|| "identities".into()),
             });
         }
-        let provider = self.provider.unwrap_or_else(default_provider);
+        let provider = self.provider.map_or_else(default_provider, Ok)?;
         let mut members = Vec::with_capacity(self.members.len());
         for (source, member) in self.members {
             let name = member

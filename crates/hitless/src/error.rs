@@ -181,6 +181,26 @@ pub enum Error {
         /// Which certificate breaks which rule.
         reason: String,
     },
+
+    /// No rustls crypto provider to use: none was given to the builder
+    /// (`crypto_provider(..)`), none is installed process-wide
+    /// (`rustls::crypto::CryptoProvider::install_default`), and the crate was built with
+    /// neither of its `aws-lc-rs` and `ring` features.
+    #[error(
+        "no rustls crypto provider: give one to the builder (crypto_provider), install a \
+         process default (CryptoProvider::install_default), or enable the feature `aws-lc-rs` \
+         or `ring` of hitless"
+    )]
+    NoCryptoProvider,
+
+    /// The crypto provider cannot make a TLS configuration with the protocol versions asked
+    /// for (no cipher suite or key exchange group of the provider fits them).
+    #[error("the crypto provider cannot make a TLS configuration: {source}")]
+    CryptoProvider {
+        /// What rustls found wrong.
+        #[source]
+        source: rustls::Error,
+    },
 }
 
 impl Error {
@@ -207,6 +227,7 @@ impl Error {
             | Error::Chain { path, .. } => Some(path),
             Error::KeyMismatch { key_path, .. } => Some(key_path),
             Error::NotLoaded { .. } => None,
+            Error::NoCryptoProvider | Error::CryptoProvider { .. } => None,
         }
     }
 }

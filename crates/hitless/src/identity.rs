@@ -179,35 +179,58 @@ pub(crate) struct Validation {
     pub(crate) provider: Arc<CryptoProvider>,
 }
 
-impl Default for Validation {
-    fn default() -> Self {
-        Validation {
+impl Validation {
+    /// Rules for `role` with the [default provider](default_provider).
+    pub(crate) fn with_default_provider(role: Role) -> Result<Self, Error> {
+        Ok(Validation {
             accept_expired: false,
-            role: Role::Any,
-            provider: default_provider(),
-        }
+            role,
+            provider: default_provider()?,
+        })
     }
 }
 
-/// The process-wide rustls provider if one is installed, else aws-lc-rs.
-pub(crate) fn default_provider() -> Arc<CryptoProvider> {
-    CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+/// The crypto provider used where none is given: the process default if one is installed
+/// (`CryptoProvider::install_default`), else the one compiled in by feature (aws-lc-rs if
+/// the `aws-lc-rs` feature is on, even with `ring` on too; else ring). Never rustls's own
+/// `get_default_or_install_from_crate_features`, which gives up when both are compiled in; and
+/// never a silent fallback: with no feature and no process default, [`Error::NoCryptoProvider`].
+pub(crate) fn default_provider() -> Result<Arc<CryptoProvider>, Error> {
+    if let Some(installed) = CryptoProvider::get_default() {
+        return Ok(installed.clone());
+    }
+    compiled_in_provider()
+        .map(Arc::new)
+        .ok_or(Error::NoCryptoProvider)
+}
+
+/// The provider the crate's features choose.
+#[cfg(feature = "aws-lc-rs")]
+fn compiled_in_provider() -> Option<CryptoProvider> {
+    Some(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The provider the crate's features choose.
+#[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+fn compiled_in_provider() -> Option<CryptoProvider> {
+    Some(rustls::crypto::ring::default_provider())
+}
+
+/// The provider the crate's features choose: none.
+#[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
+fn compiled_in_provider() -> Option<CryptoProvider> {
+    None
 }
 
 impl Identity {
     /// Reads `source` once and validates it exactly as a
     /// [`ReloadingIdentity`](crate::ReloadingIdentity) built with
     /// [`role(role)`](crate::IdentityBuilder::role) does on each reload: the same bounded reader
-    /// (regular files only, size-limited), the same rules, the process-default crypto provider.
-    /// For tools that must give the verdict a server would (`hitless inspect`); nothing is
-    /// watched.
+    /// (regular files only, size-limited), the same rules, the default crypto provider (the
+    /// process default, else the one compiled in). For tools that must give the verdict a
+    /// server would (`hitless inspect`); nothing is watched.
     pub fn load(source: &IdentitySource, role: Role) -> Result<Identity, Error> {
-        let rules = Validation {
-            role,
-            ..Validation::default()
-        };
+        let rules = Validation::with_default_provider(role)?;
         crate::credential::IdentityLoader::new(source.clone(), rules).load_once()
     }
 
@@ -241,7 +264,7 @@ impl Identity {
             &certs,
             key_path,
             keys.as_ref().unwrap_or(&certs),
-            &Validation::default(),
+            &Validation::with_default_provider(Role::Any)?,
         )
     }
 

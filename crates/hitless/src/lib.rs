@@ -9,10 +9,17 @@
 //! theirs, a half-written or broken file never replaces a good one, and the handshake path stays
 //! as cheap as static rustls.
 //!
-//! ## Quick start
+//! ## Quick start: the recommended set-up
+//!
+//! Build each side *from the credentials*: a server from its identities and the client CAs it
+//! trusts, a client from the CAs it trusts and its identities. Rotations, trust changes,
+//! resumption and the CertificateRequest's CA names are then handled; nothing else reloads.
 //!
 //! ```
-//! use hitless::{IdentitySource, ReloadingIdentity};
+//! use hitless::{
+//!     IdentitySource, ReloadingClientConfig, ReloadingIdentity, ReloadingServerConfig,
+//!     ReloadingTrust, TrustSource,
+//! };
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let dir = tempfile::tempdir()?;
@@ -22,27 +29,34 @@
 //! #     let pem = issued.cert.pem() + &issued.signing_key.serialize_pem();
 //! #     std::fs::write(dir.path().join(".identity.pem.tmp"), pem)?;
 //! #     std::fs::rename(dir.path().join(".identity.pem.tmp"), dir.path().join("identity.pem"))?;
+//! #     std::fs::write(dir.path().join("ca.pem"), issued.cert.pem())?;
 //! #     Ok(())
 //! # };
 //! # renew()?;
 //! let path = dir.path().join("identity.pem"); // e.g. /run/secrets/identity.pem
-//! // Fails with the file and the reason unless there is a good identity to start with.
+//! let ca = dir.path().join("ca.pem"); // e.g. /run/secrets/ca.pem (+ CRLs: `.with_crls(..)`)
+//! // Each fails with the file and the reason unless there is a good credential to start with.
 //! let identity = ReloadingIdentity::builder(IdentitySource::bundle(&path)).build()?;
-//! assert_eq!(identity.status().generation, 1);
+//! let trust = ReloadingTrust::builder(TrustSource::cas([&ca])).build()?;
 //!
-//! let config = rustls::ServerConfig::builder()
-//!     .with_no_client_auth()
-//!     .with_cert_resolver(identity.resolver());
-//! // Hand `config` to tokio-rustls, hyper, axum, tonic...: rotations need nothing more.
+//! // A server requiring client certificates from `trust`:
+//! let server = ReloadingServerConfig::builder(&identity).client_trust(&trust).build()?;
+//! // A client trusting `trust`, presenting `identity` when asked:
+//! let client = ReloadingClientConfig::builder(&trust)
+//!     .identities(vec![identity.clone()])
+//!     .build()?;
+//! // Per connection: `server.current()` / `client.current()` (one atomic load), or, with
+//! // feature `tokio`, `hitless::TlsAcceptor::new(server)` as the accept step.
+//! let (_server_config, _client_config) = (server.current(), client.current());
 //!
 //! renew()?; // the agent writes a new certificate: the watcher sees it within milliseconds
 //! identity.reload()?; // (or look now, e.g. on SIGHUP)
 //! assert_eq!(identity.status().generation, 2);
-//! # let _ = config; Ok(()) }
+//! # Ok(()) }
 //! ```
 //!
-//! Mutual TLS, where the client CAs reload too, is [`ReloadingServerConfig`]: take
-//! [`current()`](ReloadingServerConfig::current) for each accepted connection. The `examples/`
+//! A fixed `rustls::ServerConfig` can still take [`ReloadingIdentity::resolver`] as its
+//! certificate resolver, but then only the identity reloads. The `examples/`
 //! directory has a recipe for each common stack, each run by the test suite through a rotation:
 //!
 //! | example | what it shows |
@@ -178,6 +192,24 @@
 //! counters and the validity of what is served; [`Status::health`] condenses it to a
 //! [`Health`] (`ok`, `degraded`, `expired`). Errors are one type, [`Error`], each variant
 //! naming the file and the reason.
+//!
+//! ## Crypto providers
+//!
+//! The crate's features choose the rustls crypto provider compiled in, as rustls and
+//! tokio-rustls do: `aws-lc-rs` (the default) or `ring` (`default-features = false, features =
+//! ["ring"]`: then nothing of aws-lc is built). Every builder ([`IdentityBuilder`],
+//! [`ServerIdentitiesBuilder`], [`TrustBuilder`], [`ServerConfigBuilder`],
+//! [`ClientConfigBuilder`]) takes an explicit provider with `crypto_provider(..)`; without
+//! one, the provider is the process default if one is installed
+//! (`rustls::crypto::CryptoProvider::install_default`), else the one compiled in (aws-lc-rs when
+//! both features are on), and with neither, building fails with [`Error::NoCryptoProvider`]:
+//! never a silent fallback, and never rustls's panic when both providers are compiled in and
+//! none is installed. A configuration ([`ReloadingServerConfig`], [`ReloadingClientConfig`])
+//! takes, unless given its own, the provider of the trust it follows, so configuration and
+//! verifier agree; give the identities the same provider (or install one process default and
+//! give none). A rustls configuration built by hand can take the provider of its credentials
+//! with [`ReloadingIdentity::crypto_provider`] or [`ReloadingTrust::crypto_provider`] and
+//! `builder_with_provider`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -196,7 +228,8 @@ mod trust;
 pub use crate::rustls::TlsAcceptor;
 pub use crate::rustls::{
     ClientConfigBuilder, ClientIdentityResolver, IdentityResolver, ReloadingClientConfig,
-    ReloadingServerConfig, ReloadingServerVerifier, ServerConfigBuilder, SniResolver,
+    ReloadingServerConfig, ReloadingServerVerifier, ServedIdentities, ServerConfigBuilder,
+    SniResolver,
 };
 pub use credential::{
     IdentityBuilder, MemberOptions, Reload, ReloadingIdentity, ReloadingTrust, ServerIdentities,

@@ -96,6 +96,11 @@ struct State {
 }
 
 impl<L: Load> Reloading<L> {
+    /// What reads and validates the value.
+    pub(crate) fn loader(&self) -> &L {
+        &self.loader
+    }
+
     pub(crate) fn new(name: String, loader: L, detection: String, events: Events) -> Self {
         Reloading {
             name,

@@ -135,13 +135,18 @@ impl Trust {
         &self.crl_ders
     }
 
-    /// A verifier of client certificates (mutual TLS required) for this trust.
-    pub fn client_verifier(&self) -> &Arc<dyn ClientCertVerifier> {
+    /// A verifier of client certificates (mutual TLS required) for *this generation* of the
+    /// trust: fixed, it does not follow reloads. A `ServerConfig` built with it keeps this
+    /// verdict for good; use [`ReloadingServerConfig`](crate::ReloadingServerConfig) to follow
+    /// the trust.
+    pub fn fixed_client_verifier(&self) -> &Arc<dyn ClientCertVerifier> {
         &self.client_verifier
     }
 
-    /// A verifier of server certificates for this trust.
-    pub fn server_verifier(&self) -> &Arc<WebPkiServerVerifier> {
+    /// A verifier of server certificates for *this generation* of the trust: fixed, it does not
+    /// follow reloads; use [`ReloadingServerVerifier`](crate::ReloadingServerVerifier) or
+    /// [`ReloadingClientConfig`](crate::ReloadingClientConfig) to follow the trust.
+    pub fn fixed_server_verifier(&self) -> &Arc<WebPkiServerVerifier> {
         &self.server_verifier
     }
 
@@ -302,14 +307,17 @@ pub(crate) struct TrustLoader {
 }
 
 impl TrustLoader {
-    pub(crate) fn new(source: TrustSource, provider: Option<Arc<CryptoProvider>>) -> Self {
-        TrustLoader {
+    pub(crate) fn new(
+        source: TrustSource,
+        provider: Option<Arc<CryptoProvider>>,
+    ) -> Result<Self, Error> {
+        Ok(TrustLoader {
             source,
-            provider: provider.unwrap_or_else(default_provider),
+            provider: provider.map_or_else(default_provider, Ok)?,
             warned_run_together: Default::default(),
             in_force: Mutex::default(),
             warned_unverified: Mutex::default(),
-        }
+        })
     }
 
     fn note(&self, path: &Path, run_together: bool) {

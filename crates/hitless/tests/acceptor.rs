@@ -3,6 +3,8 @@
 //! names the CAs trusted now; and `on_config` hands every new configuration to frameworks that
 //! hold one (axum-server's `reload_from_config`). Real handshakes on loopback.
 
+mod common;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -17,7 +19,7 @@ use hitless_test_pki::{write_atomic, Ca, KeyFormat, KeyType, Leaf, LeafSpec};
 use rustls::client::ResolvesClientCert;
 use rustls::pki_types::ServerName;
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, ClientConnection, RootCertStore, SignatureScheme, StreamOwned};
+use rustls::{ClientConnection, RootCertStore, SignatureScheme, StreamOwned};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 /// Presents `key` and records the CA names of the CertificateRequest.
@@ -38,7 +40,10 @@ impl ResolvesClientCert for Recorder {
 }
 
 fn recorder(leaf: &Leaf) -> Arc<Recorder> {
-    let key = rustls::crypto::aws_lc_rs::sign::any_supported_type(&leaf.rustls_key()).unwrap();
+    let key = common::provider()
+        .key_provider
+        .load_private_key(leaf.rustls_key())
+        .unwrap();
     Arc::new(Recorder {
         key: Arc::new(CertifiedKey::new(leaf.rustls_chain(), key)),
         hints: Mutex::default(),
@@ -50,7 +55,7 @@ fn handshake_on(tcp: TcpStream, server_ca: &Ca, client: &Arc<Recorder>) -> Resul
     let mut roots = RootCertStore::empty();
     roots.add(server_ca.rustls_cert()).unwrap();
     let config = Arc::new(
-        ClientConfig::builder()
+        common::client_builder()
             .with_root_certificates(roots)
             .with_client_cert_resolver(client.clone()),
     );
@@ -87,8 +92,8 @@ async fn acceptor_takes_the_configuration_when_the_client_hello_arrives() {
         .detection(Detection::Watch)
         .build()
         .unwrap();
-    let configs = ReloadingServerConfig::builder(identity.resolver())
-        .client_trust(trust.clone())
+    let configs = ReloadingServerConfig::builder(&identity)
+        .client_trust(&trust)
         .build()
         .unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));

@@ -20,7 +20,6 @@ use hitless::{
 };
 use hitless_test_pki::rcgen::{BasicConstraints, IsCa};
 use hitless_test_pki::{Ca, KeyFormat, KeyType, Leaf, LeafSpec};
-use rustls::ServerConfig;
 use time::OffsetDateTime;
 
 const INTERMEDIATE: &str = "Chain Intermediate";
@@ -43,7 +42,7 @@ fn bundle(dir: &Path, name: &str, certs: &[&str], key_of: &Leaf) -> PathBuf {
 }
 
 fn server_for(identity: &ReloadingIdentity) -> Server {
-    let config = ServerConfig::builder()
+    let config = common::server_builder()
         .with_no_client_auth()
         .with_cert_resolver(identity.resolver());
     Server::start(Arc::new(config))
@@ -62,7 +61,7 @@ fn rustls_client_verdict(root: &Ca, leaf: &Leaf, intermediates: &[&Ca]) -> Resul
         leaf.cert_der.clone(),
     )];
     chain.extend(intermediates.iter().map(|ca| ca.rustls_cert()));
-    let config = ServerConfig::builder()
+    let config = common::server_builder()
         .with_no_client_auth()
         .with_single_cert(chain, leaf.rustls_key())
         .unwrap();
@@ -392,12 +391,12 @@ fn client_only_leaf_is_refused_as_a_server_and_accepted_as_a_client() {
         .detection(Detection::Manual)
         .build()
         .unwrap();
-    let servers = ReloadingServerConfig::builder(server_identity.resolver())
-        .client_trust(trust.clone())
+    let servers = ReloadingServerConfig::builder(&server_identity)
+        .client_trust(&trust)
         .build()
         .unwrap();
     let server = Server::start_with(move || servers.current());
-    let clients = ReloadingClientConfig::builder(trust)
+    let clients = ReloadingClientConfig::builder(&trust)
         .identities(vec![client_identity])
         .build()
         .unwrap();

@@ -19,7 +19,7 @@ use hitless_test_pki::{sha256_hex, write_atomic, Ca, KeyFormat, KeyType, Leaf, L
 use rcgen::{
     CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevokedCertParams, SerialNumber,
 };
-use rustls::{ClientConfig, RootCertStore};
+use rustls::RootCertStore;
 use time::{Duration, OffsetDateTime};
 
 /// A server whose client trust is `source` (manual reloads), with its own server CA.
@@ -43,8 +43,8 @@ fn setup(dir: &Path, source: TrustSource) -> Setup {
         .detection(Detection::Manual)
         .build()
         .unwrap();
-    let configs = ReloadingServerConfig::builder(identity.resolver())
-        .client_trust(trust.clone())
+    let configs = ReloadingServerConfig::builder(&identity)
+        .client_trust(&trust)
         .build()
         .unwrap();
     let c = configs.clone();
@@ -63,7 +63,7 @@ impl Setup {
     fn admits(&self, leaf: &Leaf) -> Result<(), String> {
         let mut roots = RootCertStore::empty();
         roots.add(self.server_ca.rustls_cert()).unwrap();
-        let mut config = ClientConfig::builder()
+        let mut config = common::client_builder()
             .with_root_certificates(roots)
             .with_client_auth_cert(leaf.rustls_chain(), leaf.rustls_key())
             .unwrap();

@@ -4,6 +4,8 @@
 //! Alone in its test binary because it counts the threads of the process (`/proc/self/task`).
 //! The two tests take turns (a lock), and the count leaves out the test harness's own threads.
 
+mod common;
+
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -157,22 +159,22 @@ fn dropped_handles_leave_no_thread_behind() {
                 .detection(Detection::Manual)
                 .build()
                 .unwrap();
-        let server_configs = ReloadingServerConfig::builder(watched.resolver())
-            .client_trust(trust.clone())
+        let server_configs = ReloadingServerConfig::builder(&watched)
+            .client_trust(&trust)
             .build()
             .unwrap();
-        let client_configs = ReloadingClientConfig::builder(trust.clone())
+        let client_configs = ReloadingClientConfig::builder(&trust)
             .identities(vec![client_identity])
             .build()
             .unwrap();
         // Resolvers and configurations hold the handles too: make some and use them.
         let by_sni = Arc::new(
-            ServerConfig::builder()
+            common::server_builder()
                 .with_no_client_auth()
                 .with_cert_resolver(set.resolver()),
         );
         let polled_config = Arc::new(
-            ServerConfig::builder()
+            common::server_builder()
                 .with_no_client_auth()
                 .with_cert_resolver(polled.resolver()),
         );
@@ -228,11 +230,11 @@ fn works_without_an_async_runtime() {
         ReloadingIdentity::builder(IdentitySource::bundle(files.path("client.pem")))
             .build()
             .unwrap();
-    let server = ReloadingServerConfig::builder(identity.resolver())
-        .client_trust(trust.clone())
+    let server = ReloadingServerConfig::builder(&identity)
+        .client_trust(&trust)
         .build()
         .unwrap();
-    let client = ReloadingClientConfig::builder(trust)
+    let client = ReloadingClientConfig::builder(&trust)
         .identities(vec![client_identity.clone()])
         .configure(|c| c.resumption = rustls::client::Resumption::disabled())
         .build()

@@ -160,7 +160,7 @@ fn client_tls_full_handshakes(pki: &Pki) -> hitless::ReloadingClientConfig {
     let trust = hitless::ReloadingTrust::builder(hitless::TrustSource::cas([&pki.ca_pem]))
         .build()
         .unwrap();
-    hitless::ReloadingClientConfig::builder(trust)
+    hitless::ReloadingClientConfig::builder(&trust)
         .identities(vec![identity])
         .configure(|c| {
             c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

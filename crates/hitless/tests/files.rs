@@ -17,7 +17,6 @@ use hitless::{
     TrustSource,
 };
 use hitless_test_pki::{write_atomic, Ca, KeyFormat, KeyType, LeafSpec};
-use rustls::ServerConfig;
 
 /// Makes a named pipe at `path` (with the system's `mkfifo`: the tests use no unsafe code).
 fn mkfifo(path: &Path) {
@@ -73,7 +72,7 @@ fn a_named_pipe_swapped_in_for_the_certificate_does_not_stop_the_watch_detector(
         .build()
         .unwrap();
     let _unblock = UnblockFifo(fifo.clone());
-    let config = ServerConfig::builder()
+    let config = common::server_builder()
         .with_no_client_auth()
         .with_cert_resolver(identity.resolver());
     let server = Server::start(Arc::new(config));
@@ -155,7 +154,7 @@ fn on_handshake_keeps_an_update_that_lands_during_an_attempt() {
             }
         });
     }
-    let config = ServerConfig::builder()
+    let config = common::server_builder()
         .with_no_client_auth()
         .with_cert_resolver(identity.resolver());
     let server = Server::start(Arc::new(config));
@@ -196,8 +195,8 @@ fn on_handshake_trust_reload_never_blocks_the_accept_loop() {
         })
         .build()
         .unwrap();
-    let configs = ReloadingServerConfig::builder(identity.resolver())
-        .client_trust(trust.clone())
+    let configs = ReloadingServerConfig::builder(&identity)
+        .client_trust(&trust)
         .build()
         .unwrap();
     let generation = configs.trust_generation();

@@ -10,11 +10,10 @@ use std::sync::Arc;
 use common::{client_config, connect, Server};
 use hitless::{Detection, Error, IdentitySource, ReloadingIdentity};
 use hitless_test_pki::{write_atomic, Ca, KeyFormat, KeyType, Leaf, LeafSpec};
-use rustls::ServerConfig;
 use time::{Duration as TimeDuration, OffsetDateTime};
 
 fn server_for(identity: &ReloadingIdentity) -> Server {
-    let config = ServerConfig::builder()
+    let config = common::server_builder()
         .with_no_client_auth()
         .with_cert_resolver(identity.resolver());
     Server::start(Arc::new(config))

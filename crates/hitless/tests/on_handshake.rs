@@ -10,7 +10,6 @@ use std::time::Duration;
 use common::{client_config, connect, wait_for, Server, PATIENCE};
 use hitless::{Detection, IdentitySource, ReloadingIdentity};
 use hitless_test_pki::{write_atomic, Ca, KeyFormat, KeyType, LeafSpec};
-use rustls::ServerConfig;
 
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
@@ -39,7 +38,7 @@ fn rotation_is_picked_up_by_a_handshake_without_any_thread() {
     );
     assert_eq!(identity.status().detection, "on-handshake");
 
-    let config = ServerConfig::builder()
+    let config = common::server_builder()
         .with_no_client_auth()
         .with_cert_resolver(identity.resolver());
     let server = Server::start(Arc::new(config));

@@ -20,7 +20,6 @@ use std::time::Duration;
 use common::{client_config, connect, wait_for, Server};
 use hitless::{Detection, IdentitySource, ReloadingIdentity};
 use hitless_test_pki::{k8s_swap, write_atomic, Ca, KeyFormat, KeyType, Leaf, LeafSpec};
-use rustls::ServerConfig;
 
 const ROTATIONS: usize = 50;
 const QUIET: Duration = Duration::from_millis(200);
@@ -47,7 +46,7 @@ fn rotate_under_load(
         .quiet_period(QUIET)
         .build()
         .unwrap();
-    let config = ServerConfig::builder()
+    let config = common::server_builder()
         .with_no_client_auth()
         .with_cert_resolver(identity.resolver());
     let server = Server::start(Arc::new(config));
@@ -301,8 +300,8 @@ fn resumption_does_not_outlive_a_rotation() {
     let identity = ReloadingIdentity::builder(IdentitySource::bundle(&path))
         .build()
         .unwrap();
-    let configs = hitless::ReloadingServerConfig::builder(identity.resolver())
-        .new_sessions_on_rotation(&identity)
+    // Built from the identity: its rotations start a new session binding by themselves.
+    let configs = hitless::ReloadingServerConfig::builder(&identity)
         .build()
         .unwrap();
     let c = configs.clone();
@@ -311,7 +310,7 @@ fn resumption_does_not_outlive_a_rotation() {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(root.rustls_cert()).unwrap();
     let client = Arc::new(
-        rustls::ClientConfig::builder()
+        common::client_builder()
             .with_root_certificates(roots)
             .with_no_client_auth(),
     );

@@ -12,7 +12,7 @@ use hitless_test_pki::{sha256_hex, write_atomic, Ca, KeyFormat, KeyType, Leaf, L
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// Accepts any server certificate (signatures are still checked) offering only `schemes`:
 /// lets the test see which identity was chosen whatever its names.
@@ -57,11 +57,11 @@ impl ServerCertVerifier for SeeAll {
 fn client(ca: &Ca, only: Option<&[SignatureScheme]>) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(ca.rustls_cert()).unwrap();
-    let inner = WebPkiServerVerifier::builder(Arc::new(roots))
+    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), common::provider())
         .build()
         .unwrap();
     let schemes = only.map_or_else(|| inner.supported_verify_schemes(), <[_]>::to_vec);
-    let mut config = ClientConfig::builder()
+    let mut config = common::client_builder()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(SeeAll { inner, schemes }))
         .with_no_client_auth();
@@ -132,7 +132,7 @@ fn served(server: &Server, config: &Arc<ClientConfig>, name: &str) -> String {
 #[test]
 fn selection_by_name_key_type_and_default() {
     let f = fixture();
-    let config = ServerConfig::builder()
+    let config = common::server_builder()
         .with_no_client_auth()
         .with_cert_resolver(f.identities.resolver());
     let server = Server::start(Arc::new(config));
@@ -201,7 +201,7 @@ fn selection_by_name_key_type_and_default() {
 #[test]
 fn no_sni_uses_the_identity_with_the_listeners_ip() {
     let f = fixture();
-    let config = ServerConfig::builder()
+    let config = common::server_builder()
         .with_no_client_auth()
         .with_cert_resolver(f.identities.resolver_for_ip("127.0.0.1".parse().unwrap()));
     let server = Server::start(Arc::new(config));
@@ -216,7 +216,7 @@ fn no_sni_uses_the_identity_with_the_listeners_ip() {
 #[test]
 fn openssl_servername_gets_the_right_certificate() {
     let f = fixture();
-    let config = ServerConfig::builder()
+    let config = common::server_builder()
         .with_no_client_auth()
         .with_cert_resolver(f.identities.resolver());
     let server = Server::start(Arc::new(config));
@@ -250,7 +250,7 @@ fn openssl_servername_gets_the_right_certificate() {
 #[test]
 fn one_broken_identity_leaves_the_others_serving() {
     let f = fixture();
-    let config = ServerConfig::builder()
+    let config = common::server_builder()
         .with_no_client_auth()
         .with_cert_resolver(f.identities.resolver());
     let server = Server::start(Arc::new(config));

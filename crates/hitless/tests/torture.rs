@@ -38,7 +38,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::{client_config, connect, Server};
 use hitless::{Detection, Event, IdentitySource, Password, ReloadingIdentity};
 use hitless_test_pki::{k8s_swap, write_atomic, Ca, KeyFormat, KeyType, Leaf, LeafSpec};
-use rustls::ServerConfig;
 
 /// Quiet period of the identity under test.
 const QUIET: Duration = Duration::from_millis(100);
@@ -748,7 +747,7 @@ fn torture(kind: Kind) {
         })
         .build()
         .unwrap_or_else(|e| panic!("{name}: first load: {e}"));
-    let config = ServerConfig::builder()
+    let config = common::server_builder()
         .with_no_client_auth()
         .with_cert_resolver(identity.resolver());
     let server = Server::start(Arc::new(config));

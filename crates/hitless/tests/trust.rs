@@ -41,8 +41,8 @@ fn setup(dir: &Path, ca_file: &Path, crls: &[&Path]) -> Setup {
             .detection(Detection::Watch)
             .build()
             .unwrap();
-    let configs = ReloadingServerConfig::builder(identity.resolver())
-        .client_trust(trust.clone())
+    let configs = ReloadingServerConfig::builder(&identity)
+        .client_trust(&trust)
         .build()
         .unwrap();
     let c = configs.clone();
@@ -64,7 +64,9 @@ fn client(
     let mut roots = RootCertStore::empty();
     roots.add(server_ca.rustls_cert()).unwrap();
     Arc::new(
-        ClientConfig::builder_with_protocol_versions(versions)
+        ClientConfig::builder_with_provider(common::provider())
+            .with_protocol_versions(versions)
+            .unwrap()
             .with_root_certificates(roots)
             .with_client_auth_cert(leaf.rustls_chain(), leaf.rustls_key())
             .unwrap(),
@@ -93,7 +95,10 @@ impl ResolvesClientCert for Recorder {
 }
 
 fn requested_cas(setup: &Setup, leaf: &Leaf) -> HashSet<Vec<u8>> {
-    let key = rustls::crypto::aws_lc_rs::sign::any_supported_type(&leaf.rustls_key()).unwrap();
+    let key = common::provider()
+        .key_provider
+        .load_private_key(leaf.rustls_key())
+        .unwrap();
     let recorder = Arc::new(Recorder {
         key: Arc::new(CertifiedKey::new(leaf.rustls_chain(), key)),
         hints: Mutex::default(),
@@ -101,7 +106,7 @@ fn requested_cas(setup: &Setup, leaf: &Leaf) -> HashSet<Vec<u8>> {
     let mut roots = RootCertStore::empty();
     roots.add(setup.server_ca.rustls_cert()).unwrap();
     let config = Arc::new(
-        ClientConfig::builder()
+        common::client_builder()
             .with_root_certificates(roots)
             .with_client_cert_resolver(recorder.clone()),
     );
@@ -314,7 +319,7 @@ fn client_identity_is_chosen_by_the_cas_the_server_asks_for() {
         let mut roots = RootCertStore::empty();
         roots.add(s.server_ca.rustls_cert()).unwrap();
         let config = Arc::new(
-            ClientConfig::builder()
+            common::client_builder()
                 .with_root_certificates(roots)
                 .with_client_cert_resolver(resolver.clone()),
         );

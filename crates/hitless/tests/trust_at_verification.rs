@@ -53,8 +53,8 @@ fn setup(dir: &Path, ca_file: &Path, crls: &[&Path]) -> Setup {
             .detection(Detection::Watch)
             .build()
             .unwrap();
-    let configs = ReloadingServerConfig::builder(identity.resolver())
-        .client_trust(trust.clone())
+    let configs = ReloadingServerConfig::builder(&identity)
+        .client_trust(&trust)
         .build()
         .unwrap();
     let c = configs.clone();
@@ -76,7 +76,9 @@ fn client(
     let mut roots = RootCertStore::empty();
     roots.add(server_ca.rustls_cert()).unwrap();
     Arc::new(
-        ClientConfig::builder_with_protocol_versions(&[version])
+        ClientConfig::builder_with_provider(common::provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
             .with_root_certificates(roots)
             .with_client_auth_cert(leaf.rustls_chain(), leaf.rustls_key())
             .unwrap(),
@@ -232,9 +234,9 @@ fn resumption_on_an_old_socket(version: &'static SupportedProtocolVersion, ticke
         .unwrap();
     // One ticketer shared by every configuration (the worst case: the same ticket keys before
     // and after the change).
-    let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().unwrap();
-    let configs = ReloadingServerConfig::builder(identity.resolver())
-        .client_trust(trust.clone())
+    let ticketer = common::ticketer();
+    let configs = ReloadingServerConfig::builder(&identity)
+        .client_trust(&trust)
         .configure(move |c| {
             if tickets {
                 c.ticketer = ticketer.clone();
@@ -303,7 +305,7 @@ fn client_config_taken_before_a_revocation_neither_resumes_nor_verifies() {
     let server_ca = Ca::new_root("Server CA", KeyType::EcP256);
     let server_leaf = server_ca.issue(&LeafSpec::server("localhost"));
     let server_config = Arc::new(
-        rustls::ServerConfig::builder()
+        common::server_builder()
             .with_no_client_auth()
             .with_single_cert(server_leaf.rustls_chain(), server_leaf.rustls_key())
             .unwrap(),
@@ -317,9 +319,7 @@ fn client_config_taken_before_a_revocation_neither_resumes_nor_verifies() {
     let trust = ReloadingTrust::builder(TrustSource::cas([&ca_file]).with_crls([&crl_file]))
         .build()
         .unwrap();
-    let configs = ReloadingClientConfig::builder(trust.clone())
-        .build()
-        .unwrap();
+    let configs = ReloadingClientConfig::builder(&trust).build().unwrap();
     let old = configs.current();
     connect(server.addr, &old, "localhost").expect("full handshake");
     let again = connect(server.addr, &old, "localhost").expect("resumed handshake");
@@ -369,8 +369,8 @@ fn a_trust_reload_during_the_first_build_is_followed() {
     let reloaded = Arc::new(AtomicBool::new(false));
     let (t, r, f) = (trust.clone(), reloaded.clone(), ca_file.clone());
     let ca2_pem = ca2.cert_pem();
-    let configs = ReloadingServerConfig::builder(identity.resolver())
-        .client_trust(trust.clone())
+    let configs = ReloadingServerConfig::builder(&identity)
+        .client_trust(&trust)
         .configure(move |_| {
             if !r.swap(true, Ordering::SeqCst) {
                 write_atomic(&f, ca2_pem.as_bytes());

@@ -32,6 +32,7 @@ use serde_json::Value;
 use crate::admin::Observed;
 use crate::client::{self, Target};
 use crate::cmd::serve::{self, Plan};
+use crate::load::{ms, Latencies};
 use crate::pki::layout::{self, Layout, Output, WriteMode};
 use crate::pki::{DevCa, Issued, Kind, LeafSpec};
 
@@ -97,6 +98,11 @@ struct Board {
     client_serial: Mutex<String>,
     client_ca: Mutex<String>,
     stop: AtomicBool,
+    /// Latency of every successful request (new-connection and keep-alive), connection and
+    /// handshake included for the former.
+    latency: Mutex<Latencies>,
+    /// The same since the live view last looked.
+    latency_window: Mutex<Latencies>,
 }
 
 impl Board {
@@ -116,6 +122,11 @@ impl Board {
 
     fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    fn record_latency(&self, d: Duration) {
+        crate::lock(&self.latency).record(d);
+        crate::lock(&self.latency_window).record(d);
     }
 }
 
@@ -335,7 +346,7 @@ async fn demo(args: &Args, dir: &Path, tui: bool) -> anyhow::Result<ExitCode> {
     let client_trust = ReloadingTrust::builder(TrustSource::cas([&sandbox.server_ca]))
         .name("server-trust")
         .build()?;
-    let client_config = ReloadingClientConfig::builder(client_trust)
+    let client_config = ReloadingClientConfig::builder(&client_trust)
         .identities(vec![client_identity.clone()])
         .configure(|c| {
             c.resumption = rustls::client::Resumption::disabled();
@@ -437,6 +448,7 @@ async fn client_loop(
 ) {
     let pause = Duration::from_secs_f64(1.0 / rate.max(0.1));
     while !board.stop.load(Ordering::Relaxed) {
+        let sent = Instant::now();
         let result = async {
             let mut conn = client::connect(&target, config.current()).await?;
             let reply = conn.get(&target).await;
@@ -445,6 +457,7 @@ async fn client_loop(
         };
         match tokio::time::timeout(Duration::from_secs(10), result).await {
             Ok(Ok(reply)) if reply.status.is_success() => {
+                board.record_latency(sent.elapsed());
                 board.requests_ok.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Ok(reply)) => {
@@ -482,8 +495,10 @@ async fn keep_alive_loop(
     };
     board.keep_alive_alive.fetch_add(1, Ordering::Relaxed);
     while !board.stop.load(Ordering::Relaxed) {
+        let sent = Instant::now();
         match tokio::time::timeout(Duration::from_secs(10), conn.get(&target)).await {
             Ok(Ok(reply)) if reply.status.is_success() => {
+                board.record_latency(sent.elapsed());
                 board.keep_alive_requests.fetch_add(1, Ordering::Relaxed);
             }
             other => {
@@ -977,6 +992,12 @@ struct Sample {
     requests_ok: u64,
     requests_failed: u64,
     rate: f64,
+    /// Every successful request, new-connection and keep-alive, per second.
+    requests_rate: f64,
+    /// Latencies since the previous sample (the live view) ...
+    window: Latencies,
+    /// ... and since the start (the summary).
+    latency: Latencies,
     keep_alive: (u64, u64, u64),
     probes: (u64, u64, u64),
     server_rotations: u64,
@@ -1007,10 +1028,16 @@ impl View {
         let trust = self.observed.trust.as_ref().and_then(|t| t.current());
         let b = &self.board;
         let ok = Board::get(&b.requests_ok);
-        let rate = match previous {
-            Some((p, dt)) if !dt.is_zero() => (ok - p.requests_ok) as f64 / dt.as_secs_f64(),
-            _ => 0.0,
+        let all = ok + Board::get(&b.keep_alive_requests);
+        let (rate, requests_rate) = match previous {
+            Some((p, dt)) if !dt.is_zero() => (
+                (ok - p.requests_ok) as f64 / dt.as_secs_f64(),
+                (all - p.requests_ok - p.keep_alive.2) as f64 / dt.as_secs_f64(),
+            ),
+            _ => (0.0, 0.0),
         };
+        let window = std::mem::take(&mut *crate::lock(&b.latency_window));
+        let latency = crate::lock(&b.latency).clone();
         let refused: u64 = self
             .observed
             .metrics_text()
@@ -1049,6 +1076,9 @@ impl View {
             requests_ok: ok,
             requests_failed: Board::get(&b.requests_failed),
             rate,
+            requests_rate,
+            window,
+            latency,
             keep_alive: (
                 Board::get(&b.keep_alive_alive),
                 Board::get(&b.keep_alive_lost),
@@ -1070,7 +1100,7 @@ impl View {
 
     fn line(&self, s: &Sample) -> String {
         format!(
-            "[{:>5.1}s] server gen {} serial {} expires in {}s | client gen {} serial {} | trust gen {} [{}] crl {} revoked | ok {} failed {} ({:.0}/s) | keep-alive {} alive {} lost | probes {}/{} passed | rotations: server {} client {} CA {}",
+            "[{:>5.1}s] server gen {} serial {} expires in {}s | client gen {} serial {} | trust gen {} [{}] crl {} revoked | ok {} failed {} ({:.0} handshakes/s, {:.0} requests/s, p99 {}) | keep-alive {} alive {} lost | probes {}/{} passed | rotations: server {} client {} CA {}",
             s.elapsed.as_secs_f64(),
             s.server_generation,
             s.server_serial,
@@ -1083,6 +1113,10 @@ impl View {
             s.requests_ok,
             s.requests_failed,
             s.rate,
+            s.requests_rate,
+            s.window
+                .quantile(0.99)
+                .map_or("-".into(), |d| format!("{:.1} ms", ms(d))),
             s.keep_alive.0,
             s.keep_alive.1,
             s.probes.1,
@@ -1256,6 +1290,19 @@ impl View {
             s.bad_writes.1, s.bad_writes.0
         ));
         text.push_str(&format!("  requests ok: {}\n", s.requests_ok));
+        let requests = s.requests_ok + s.keep_alive.2;
+        text.push_str(&format!(
+            "  requests/s: {:.0} ({requests} requests, new-connection and keep-alive)\n",
+            requests as f64 / s.elapsed.as_secs_f64().max(1e-9)
+        ));
+        text.push_str(&format!(
+            "  request latency: {}\n",
+            if s.latency.count() == 0 {
+                "no requests".to_string()
+            } else {
+                s.latency.human()
+            }
+        ));
         text.push_str(&format!("  failed requests: {}\n", s.requests_failed));
         text.push_str(&format!("  failed handshakes: {}\n", s.requests_failed));
         text.push_str(&format!(
@@ -1438,7 +1485,7 @@ fn draw(
     let [title, top, middle, spark, bottom] = UiLayout::vertical([
         Constraint::Length(1),
         Constraint::Length(7),
-        Constraint::Length(6),
+        Constraint::Length(7),
         Constraint::Length(5),
         Constraint::Min(3),
     ])
@@ -1495,7 +1542,25 @@ fn draw(
             .areas(middle);
     f.render_widget(
         Paragraph::new(vec![
-            Line::from(format!("handshakes/s {:.0}", s.rate)),
+            Line::from(format!(
+                "handshakes/s {:.0}   requests/s {:.0}",
+                s.rate, s.requests_rate
+            )),
+            Line::from(
+                match (
+                    s.window.quantile(0.5),
+                    s.window.quantile(0.99),
+                    s.window.max(),
+                ) {
+                    (Some(p50), Some(p99), Some(max)) => format!(
+                        "latency last second  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+                        ms(p50),
+                        ms(p99),
+                        ms(max)
+                    ),
+                    _ => "latency last second  -".to_string(),
+                },
+            ),
             Line::from(format!("requests ok {}", s.requests_ok)),
             Line::styled(
                 format!("failed handshakes {}", s.requests_failed),

@@ -393,7 +393,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("no valid trust bundle for the server's certificate")?;
     let verifier = trust
         .current()
-        .map(|t| t.value.server_verifier().clone())
+        .map(|t| t.value.fixed_server_verifier().clone())
         .ok_or_else(|| anyhow!("no trust bundle loaded from --ca"))?;
     let control = control_identity(&args)?;
     let ca = match (&args.ca_cert, &args.ca_key) {
@@ -1206,7 +1206,7 @@ fn stolen(identity: &ReloadingIdentity) -> anyhow::Result<Arc<dyn ResolvesClient
 /// the CA revoking `serials` and everything the CRL already there (from the same CA) revoked.
 fn write_crl(path: &Path, ca: &TrustedCa, serials: &[Vec<u8>]) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
-    let mut revoked = existing_revocations(path, ca)?;
+    let (mut revoked, existing_number) = existing_revocations(path, ca)?;
     for serial in serials {
         revoked.push(RevokedCertParams {
             serial_number: SerialNumber::from_slice(serial),
@@ -1215,8 +1215,13 @@ fn write_crl(path: &Path, ca: &TrustedCa, serials: &[Vec<u8>]) -> anyhow::Result
             invalidity_date: None,
         });
     }
-    // CRL numbers must grow: seconds since the epoch do, across runs.
-    let number = u64::try_from(now.unix_timestamp()).unwrap_or(1);
+    // CRL numbers must grow (a server refuses a CRL older than the one in force): continue
+    // the number of the CRL being replaced, so that the CA's own next CRL (`hitless ca crl`)
+    // still follows; for a new file, seconds since the epoch outrank any earlier CRL.
+    let number = match existing_number {
+        Some(n) => n.saturating_add(1),
+        None => u64::try_from(now.unix_timestamp()).unwrap_or(1),
+    };
     let params = CertificateRevocationListParams {
         this_update: now - time::Duration::minutes(1),
         next_update: now + time::Duration::days(1),
@@ -1233,12 +1238,16 @@ fn write_crl(path: &Path, ca: &TrustedCa, serials: &[Vec<u8>]) -> anyhow::Result
         .with_context(|| format!("{}: cannot write the CRL", path.display()))
 }
 
-/// The revocations in the CRL at `path` (none if there is no file). Refuses a file that is not
-/// a CRL of this CA, rather than replace something the probe does not understand.
-fn existing_revocations(path: &Path, ca: &TrustedCa) -> anyhow::Result<Vec<RevokedCertParams>> {
+/// The revocations in the CRL at `path` (none if there is no file) and its highest CRL number.
+/// Refuses a file that is not a CRL of this CA, rather than replace something the probe does
+/// not understand.
+fn existing_revocations(
+    path: &Path,
+    ca: &TrustedCa,
+) -> anyhow::Result<(Vec<RevokedCertParams>, Option<u64>)> {
     let bytes = match crate::files::read_regular(path, MAX_INPUT_SIZE) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
         Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
     };
     let mut ders: Vec<CertificateRevocationListDer<'static>> =
@@ -1249,6 +1258,7 @@ fn existing_revocations(path: &Path, ca: &TrustedCa) -> anyhow::Result<Vec<Revok
         ders.push(CertificateRevocationListDer::from(bytes)); // DER
     }
     let mut revoked = Vec::new();
+    let mut number: Option<u64> = None;
     for der in &ders {
         let (_, crl) = x509_parser::parse_x509_crl(der).map_err(|e| {
             anyhow!(
@@ -1263,6 +1273,9 @@ fn existing_revocations(path: &Path, ca: &TrustedCa) -> anyhow::Result<Vec<Revok
                 crl.issuer()
             );
         }
+        if let Some(n) = crl.crl_number().and_then(|n| u64::try_from(n).ok()) {
+            number = number.max(Some(n));
+        }
         for entry in crl.iter_revoked_certificates() {
             revoked.push(RevokedCertParams {
                 serial_number: SerialNumber::from_slice(entry.raw_serial()),
@@ -1272,7 +1285,7 @@ fn existing_revocations(path: &Path, ca: &TrustedCa) -> anyhow::Result<Vec<Revok
             });
         }
     }
-    Ok(revoked)
+    Ok((revoked, number))
 }
 
 /// The machine-readable report.

@@ -527,19 +527,14 @@ pub async fn serve(
         tracing::info!("credentials loaded");
     }
 
-    let resolver: Arc<dyn rustls::server::ResolvesServerCert> = if plan.listen.ip().is_unspecified()
-    {
-        identities.resolver()
-    } else {
-        identities.resolver_for_ip(plan.listen.ip())
-    };
-    // Every handshake after a rotation presents the new certificate: a rotation also starts
-    // a new session cache (one full handshake per client per rotation).
-    let mut builder = ReloadingServerConfig::builder(resolver)
-        .configure(|c| c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()])
-        .new_sessions_on_rotation_of(&identities);
+    // Built from the identities: every handshake after a rotation presents the new
+    // certificate (a rotation also starts a new session binding: one full handshake per client
+    // per rotation); a listener bound to one IP answers no-SNI clients with that IP's identity.
+    let mut builder = ReloadingServerConfig::builder(&identities)
+        .local_ip(plan.listen.ip())
+        .configure(|c| c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
     if let Some(trust) = &trust {
-        builder = builder.client_trust(trust.clone());
+        builder = builder.client_trust(trust);
     }
     let configs = builder
         .build()

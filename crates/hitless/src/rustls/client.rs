@@ -94,7 +94,7 @@ impl ReloadingServerVerifier {
             .current
             .load()
             .as_ref()
-            .map(|t| t.value.server_verifier().clone())
+            .map(|t| t.value.fixed_server_verifier().clone())
             .ok_or_else(|| rustls::Error::General("no trust bundle loaded".into()))
     }
 }
@@ -134,7 +134,9 @@ impl ServerCertVerifier for ReloadingServerVerifier {
         self.inner()
             .map(|v| v.supported_verify_schemes())
             .unwrap_or_else(|_| {
-                crate::identity::default_provider()
+                // No trust loaded yet: the schemes of the provider its verifiers will use.
+                self.trust
+                    .crypto_provider()
                     .signature_verification_algorithms
                     .supported_schemes()
             })

@@ -19,17 +19,25 @@
 //!
 //! The configuration follows the trust from the moment it is built: it subscribes to trust
 //! events and then checks once more for a reload that landed in between.
+//!
+//! Every configuration is built with `builder_with_provider`, never with rustls's process-wide
+//! lookup (which panics when both of rustls's providers are compiled in and none is
+//! installed). The provider: the one given to the builder's `crypto_provider`, else the one the
+//! trust was built with, else the default (the process default if installed, else the one
+//! compiled in by feature).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
 use rustls::client::{ClientSessionMemoryCache, Resumption};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::ResolvesServerCert;
-use rustls::{ClientConfig, ServerConfig};
+use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
 
 use crate::credential::{ReloadingIdentity, ReloadingTrust};
+use crate::identity::default_provider;
 use crate::rustls::client::{ClientIdentityResolver, ReloadingServerVerifier};
 use crate::rustls::sessions::{Binding, BoundClientSessions, BoundServerSessions, BoundTickets};
 use crate::rustls::verify::ClientVerifierAtHandshake;
@@ -42,6 +50,20 @@ type TrustCallback = Arc<dyn Fn(u64) + Send + Sync>;
 type ConfigCallback<C> = Arc<dyn Fn(&Arc<C>) + Send + Sync>;
 /// Builds a configuration for the current trust.
 type Build<C> = Box<dyn Fn(&BuildContext<'_>) -> Result<C, Error> + Send + Sync>;
+type Versions = &'static [&'static SupportedProtocolVersion];
+
+/// The provider a configuration is built with: the one given to its builder, else the trust's,
+/// else the default one.
+fn choose_provider(
+    given: Option<Arc<CryptoProvider>>,
+    trust: Option<&ReloadingTrust>,
+) -> Result<Arc<CryptoProvider>, Error> {
+    match (given, trust) {
+        (Some(p), _) => Ok(p),
+        (None, Some(t)) => Ok(t.crypto_provider().clone()),
+        (None, None) => default_provider(),
+    }
+}
 
 /// What one configuration is built from.
 struct BuildContext<'a> {
@@ -196,19 +218,23 @@ impl<C: Send + Sync + 'static> Inner<C> {
     }
 }
 
-/// A `ServerConfig` that is rebuilt (new client verifier, new session cache) whenever the
-/// client trust bundle or its CRLs change.
+/// A `ServerConfig` that follows reloading identities and a reloading client trust: the one
+/// recommended way to serve (mutual) TLS with hitless.
+///
+/// Built *from the credentials*: every rotation of a served identity and every trust change
+/// builds a new configuration (new session binding, current CA names) with no further set-up,
+/// and client certificates are verified against the trust current when they are verified.
 ///
 /// ```no_run
 /// use hitless::{IdentitySource, ReloadingIdentity, ReloadingServerConfig, ReloadingTrust, TrustSource};
 /// # fn main() -> Result<(), hitless::Error> {
 /// let identity = ReloadingIdentity::builder(IdentitySource::bundle("identity.pem")).build()?;
 /// let trust = ReloadingTrust::builder(TrustSource::cas(["clients-ca.pem"])).build()?;
-/// let configs = ReloadingServerConfig::builder(identity.resolver())
-///     .client_trust(trust)
+/// let configs = ReloadingServerConfig::builder(&identity)
+///     .client_trust(&trust)
 ///     .configure(|c| c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()])
 ///     .build()?;
-/// // per accepted connection:
+/// // per accepted connection (or `hitless::TlsAcceptor`, feature `tokio`):
 /// let acceptor = tokio_rustls::TlsAcceptor::from(configs.current());
 /// # let _ = acceptor; Ok(()) }
 /// ```
@@ -225,11 +251,53 @@ impl std::fmt::Debug for ReloadingServerConfig {
     }
 }
 
+/// What a [`ReloadingServerConfig`] serves: one reloading identity, or a set chosen by SNI.
+/// Made from `&ReloadingIdentity` or `&ServerIdentities` (`From`), so that the configuration
+/// knows both how to resolve certificates and when they rotate.
+#[derive(Clone)]
+pub struct ServedIdentities {
+    served: Served,
+}
+
+#[derive(Clone)]
+enum Served {
+    One(ReloadingIdentity),
+    Set(crate::ServerIdentities),
+}
+
+impl std::fmt::Debug for ServedIdentities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.served {
+            Served::One(identity) => f.debug_tuple("ServedIdentities").field(identity).finish(),
+            Served::Set(_) => f.write_str("ServedIdentities(ServerIdentities)"),
+        }
+    }
+}
+
+impl From<&ReloadingIdentity> for ServedIdentities {
+    fn from(identity: &ReloadingIdentity) -> Self {
+        ServedIdentities {
+            served: Served::One(identity.clone()),
+        }
+    }
+}
+
+impl From<&crate::ServerIdentities> for ServedIdentities {
+    fn from(identities: &crate::ServerIdentities) -> Self {
+        ServedIdentities {
+            served: Served::Set(identities.clone()),
+        }
+    }
+}
+
 /// Builds a [`ReloadingServerConfig`].
 #[must_use]
 pub struct ServerConfigBuilder {
     resolver: Arc<dyn ResolvesServerCert>,
+    served: Option<ServedIdentities>,
     trust: Option<ReloadingTrust>,
+    provider: Option<Arc<CryptoProvider>>,
+    versions: Versions,
     configure: Option<Configure<ServerConfig>>,
     renew_on: Vec<Box<dyn FnOnce(crate::EventCallback) + Send>>,
 }
@@ -237,22 +305,60 @@ pub struct ServerConfigBuilder {
 impl ServerConfigBuilder {
     /// Require client certificates chaining to this trust (mutual TLS). Without it, clients
     /// are not authenticated.
-    pub fn client_trust(mut self, trust: ReloadingTrust) -> Self {
-        self.trust = Some(trust);
+    pub fn client_trust(mut self, trust: &ReloadingTrust) -> Self {
+        self.trust = Some(trust.clone());
         self
     }
 
-    /// Adjusts every built configuration (ALPN, protocol versions, ticketer, ...).
+    /// For a listener bound to one IP address: a set of identities then answers a client that
+    /// sends no SNI with the identity naming that address, if any (see
+    /// [`ServerIdentities::resolver_for_ip`](crate::ServerIdentities::resolver_for_ip)).
+    /// Unspecified addresses (`0.0.0.0`, `::`) change nothing.
+    pub fn local_ip(mut self, ip: std::net::IpAddr) -> Self {
+        if let Some(ServedIdentities {
+            served: Served::Set(set),
+        }) = &self.served
+        {
+            if !ip.is_unspecified() {
+                self.resolver = set.resolver_for_ip(ip);
+            }
+        }
+        self
+    }
+
+    /// Adjusts every built configuration (ALPN, ticketer, session cache, ...).
     pub fn configure(mut self, f: impl Fn(&mut ServerConfig) + Send + Sync + 'static) -> Self {
         self.configure = Some(Arc::new(f));
         self
     }
 
-    /// Start a new session cache whenever this identity rotates, so that no client resumes
-    /// (TLS 1.3 PSK, TLS 1.2 session) into a session made with the old certificate, and every
-    /// handshake after a rotation presents the new one. Costs one full handshake per client
-    /// per rotation. Without it, a client that keeps resuming keeps the session (and the view
-    /// of the certificate) it started with, which TLS allows.
+    /// The rustls crypto provider of every built configuration: cipher suites, key exchange
+    /// groups, signature verification. Default: the provider of the
+    /// [`client_trust`](Self::client_trust) (see
+    /// [`TrustBuilder::crypto_provider`](crate::TrustBuilder::crypto_provider)); without client
+    /// trust, the process default if one is installed, else the one compiled in by the crate's
+    /// features (aws-lc-rs, else ring), else [`Error::NoCryptoProvider`]. Give the identity
+    /// ([`IdentityBuilder::crypto_provider`](crate::IdentityBuilder::crypto_provider)) the same
+    /// provider, so that its key is loaded by it too.
+    pub fn crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+
+    /// The TLS versions offered (default: [`rustls::DEFAULT_VERSIONS`], TLS 1.3 and 1.2).
+    pub fn protocol_versions(
+        mut self,
+        versions: &'static [&'static SupportedProtocolVersion],
+    ) -> Self {
+        self.versions = versions;
+        self
+    }
+
+    /// With [`builder_with_resolver`](ReloadingServerConfig::builder_with_resolver): start a
+    /// new session binding whenever this identity rotates, so that no client resumes (TLS 1.3
+    /// PSK, TLS 1.2 session) into a session made with the old certificate, and every handshake
+    /// after a rotation presents the new one. Costs one full handshake per client per
+    /// rotation. [`builder`](ReloadingServerConfig::builder) does this for what it serves.
     pub fn new_sessions_on_rotation(mut self, identity: &ReloadingIdentity) -> Self {
         let identity = identity.clone();
         self.renew_on
@@ -274,8 +380,12 @@ impl ServerConfigBuilder {
         let renew_on = self.renew_on;
         let resolver = self.resolver;
         let configure = self.configure;
+        let provider = choose_provider(self.provider, self.trust.as_ref())?;
+        let versions = self.versions;
         let build: Build<ServerConfig> = Box::new(move |context: &BuildContext<'_>| {
-            let builder = ServerConfig::builder();
+            let builder = ServerConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .map_err(|source| Error::CryptoProvider { source })?;
             let mut config = match context.trust {
                 // The verdict is taken from the trust current when the certificate is
                 // verified, not from `snapshot` (see `verify.rs`).
@@ -304,12 +414,33 @@ impl ServerConfigBuilder {
 }
 
 impl ReloadingServerConfig {
-    /// Starts building a configuration serving certificates from `resolver` (e.g.
-    /// [`ReloadingIdentity::resolver`]).
-    pub fn builder(resolver: Arc<dyn ResolvesServerCert>) -> ServerConfigBuilder {
+    /// Starts building a configuration serving `identities` (`&ReloadingIdentity` or
+    /// `&ServerIdentities`); every rotation of one of them starts a new session binding.
+    pub fn builder(identities: impl Into<ServedIdentities>) -> ServerConfigBuilder {
+        let served = identities.into();
+        let mut b = match &served.served {
+            Served::One(identity) => {
+                Self::builder_with_resolver(identity.resolver()).new_sessions_on_rotation(identity)
+            }
+            Served::Set(set) => {
+                Self::builder_with_resolver(set.resolver()).new_sessions_on_rotation_of(set)
+            }
+        };
+        b.served = Some(served);
+        b
+    }
+
+    /// Starts building a configuration serving certificates from any rustls resolver (e.g. a
+    /// resolver of yours wrapping [`ReloadingIdentity::resolver`]). Rotations are then not
+    /// known to the configuration: tell it with
+    /// [`new_sessions_on_rotation`](ServerConfigBuilder::new_sessions_on_rotation).
+    pub fn builder_with_resolver(resolver: Arc<dyn ResolvesServerCert>) -> ServerConfigBuilder {
         ServerConfigBuilder {
             resolver,
+            served: None,
             trust: None,
+            provider: None,
+            versions: rustls::DEFAULT_VERSIONS,
             configure: None,
             renew_on: Vec::new(),
         }
@@ -364,7 +495,7 @@ impl ReloadingServerConfig {
             .ok_or(rustls::Error::NoCertificatesPresented)?;
         current
             .value
-            .client_verifier()
+            .fixed_client_verifier()
             .verify_client_cert(leaf, intermediates, UnixTime::now())
             .map(|_| ())
     }
@@ -395,6 +526,8 @@ impl std::fmt::Debug for ReloadingClientConfig {
 pub struct ClientConfigBuilder {
     trust: ReloadingTrust,
     identities: Vec<ReloadingIdentity>,
+    provider: Option<Arc<CryptoProvider>>,
+    versions: Versions,
     configure: Option<Configure<ClientConfig>>,
 }
 
@@ -412,12 +545,33 @@ impl ClientConfigBuilder {
         self
     }
 
+    /// The rustls crypto provider of every built configuration: cipher suites, key exchange
+    /// groups, signature verification. Default: the provider of the trust (see
+    /// [`TrustBuilder::crypto_provider`](crate::TrustBuilder::crypto_provider), whose own
+    /// default is the process default if one is installed, else the one compiled in by the
+    /// crate's features). Give the client identities the same provider.
+    pub fn crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+
+    /// The TLS versions offered (default: [`rustls::DEFAULT_VERSIONS`], TLS 1.3 and 1.2).
+    pub fn protocol_versions(
+        mut self,
+        versions: &'static [&'static SupportedProtocolVersion],
+    ) -> Self {
+        self.versions = versions;
+        self
+    }
+
     /// Builds the first configuration and follows trust changes.
     pub fn build(self) -> Result<ReloadingClientConfig, Error> {
         let identities = self.identities.clone();
         let resolver = (!self.identities.is_empty())
             .then(|| Arc::new(ClientIdentityResolver::new(self.identities)));
         let configure = self.configure;
+        let provider = choose_provider(self.provider, Some(&self.trust))?;
+        let versions = self.versions;
         let build: Build<ClientConfig> = Box::new(move |context: &BuildContext<'_>| {
             let Some((handle, _)) = context.trust else {
                 return Err(Error::NotLoaded {
@@ -426,7 +580,9 @@ impl ClientConfigBuilder {
             };
             // The verdict on the server's certificate is taken from the trust current when it
             // is verified.
-            let builder = ClientConfig::builder()
+            let builder = ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .map_err(|source| Error::CryptoProvider { source })?
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(ReloadingServerVerifier::new(
                     handle.clone(),
@@ -458,10 +614,12 @@ impl ClientConfigBuilder {
 
 impl ReloadingClientConfig {
     /// Starts building a client configuration trusting `trust`.
-    pub fn builder(trust: ReloadingTrust) -> ClientConfigBuilder {
+    pub fn builder(trust: &ReloadingTrust) -> ClientConfigBuilder {
         ClientConfigBuilder {
-            trust,
+            trust: trust.clone(),
             identities: Vec::new(),
+            provider: None,
+            versions: rustls::DEFAULT_VERSIONS,
             configure: None,
         }
     }

@@ -16,7 +16,8 @@ mod verify;
 pub use acceptor::TlsAcceptor;
 pub use client::{ClientIdentityResolver, ReloadingServerVerifier};
 pub use config::{
-    ClientConfigBuilder, ReloadingClientConfig, ReloadingServerConfig, ServerConfigBuilder,
+    ClientConfigBuilder, ReloadingClientConfig, ReloadingServerConfig, ServedIdentities,
+    ServerConfigBuilder,
 };
 pub use server::IdentityResolver;
 pub use sni::SniResolver;

@@ -45,7 +45,7 @@ impl ClientVerifierAtHandshake {
     pub(crate) fn new(trust: ReloadingTrust, built_from: &Snapshot<Trust>) -> Self {
         ClientVerifierAtHandshake {
             trust,
-            built_from: built_from.value.client_verifier().clone(),
+            built_from: built_from.value.fixed_client_verifier().clone(),
         }
     }
 }
@@ -80,7 +80,7 @@ impl ClientCertVerifier for ClientVerifierAtHandshake {
         };
         trust
             .value
-            .client_verifier()
+            .fixed_client_verifier()
             .verify_client_cert(end_entity, intermediates, now)
     }
 

@@ -101,7 +101,7 @@ impl IdentitySource {
 
 /// Reads one credential file the way the reloaders do: a regular file (symlinks followed) of at
 /// most 256 MiB, read whole and only if it did not change while being read. A named pipe, a
-/// device such as `/dev/zero` or a directory is refused with [`Error::Read`] instead of blocking
+/// device such as `/dev/zero` or a directory is refused with [`Error::Read`](crate::Error::Read) instead of blocking
 /// or reading without end. For tools that look at credential files (`hitless inspect`).
 pub fn read_credential_file(path: &Path) -> Result<Vec<u8>, crate::Error> {
     let mut snapshot = files::read_stable(&[path])?;

@@ -9,8 +9,43 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hitless_test_pki::{sha256_hex, Ca};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, StreamOwned};
+
+/// The provider the library is built with: ring in the ring-only build
+/// (`--no-default-features --features ring`), else aws-lc-rs. The test builds have both in
+/// rustls (the dev-dependencies bring aws-lc-rs), so `ServerConfig::builder()` would panic.
+pub fn provider() -> Arc<CryptoProvider> {
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    let provider = rustls::crypto::ring::default_provider();
+    #[cfg(not(all(feature = "ring", not(feature = "aws-lc-rs"))))]
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    Arc::new(provider)
+}
+
+/// A session-ticket encrypter of [`provider`]'s crypto library.
+pub fn ticketer() -> Arc<dyn rustls::server::ProducesTickets> {
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    let ticketer = rustls::crypto::ring::Ticketer::new();
+    #[cfg(not(all(feature = "ring", not(feature = "aws-lc-rs"))))]
+    let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new();
+    ticketer.unwrap()
+}
+
+/// `ServerConfig::builder()` with [`provider`].
+pub fn server_builder() -> rustls::ConfigBuilder<ServerConfig, rustls::WantsVerifier> {
+    ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+}
+
+/// `ClientConfig::builder()` with [`provider`].
+pub fn client_builder() -> rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier> {
+    ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+}
 
 /// A loopback TLS server: each connection answers every line with `ok\n`.
 pub struct Server {
@@ -99,7 +134,7 @@ pub fn client_config(
 ) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(ca.rustls_cert()).unwrap();
-    let builder = ClientConfig::builder().with_root_certificates(roots);
+    let builder = client_builder().with_root_certificates(roots);
     let mut config = match client {
         Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
         None => builder.with_no_client_auth(),
