@@ -19,23 +19,31 @@
 //! 7. [`sni`]: the SNI resolver (`ServerIdentities::resolve`) with 1, 100 and 10,000
 //!    identities against a static `HashMap` lookup;
 //! 8. [`scale`]: 10,000 identities in watch mode: load time, RSS, threads, and the time to
-//!    pick up one changed file among them (only that identity re-read).
+//!    pick up one changed file among them (only that identity re-read);
+//! 9. [`requests`]: HTTPS requests with mutual TLS through the `hitless serve` process against
+//!    a static hyper + tokio-rustls server, the Go server design hitless replaces, and nginx,
+//!    driven by a Go `net/http` load generator; resumption's gain and safety under load.
 //!
 //! Baseline and candidate are always measured in the same run, interleaved in rounds (the
 //! order rotates every round), and the median of the per-round figures is reported: the
 //! machine is shared and noisy, and a ratio taken within one round cancels most of the drift.
 
+pub mod baseline;
 pub mod common;
 pub mod handshake;
 pub mod instructions;
 pub mod many;
 pub mod memory;
+pub mod procs;
+pub mod requests;
 pub mod resolver;
 pub mod rotation;
+pub mod rustclient;
 pub mod scale;
 pub mod sni;
 pub mod tcp;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use hitless_test_pki::KeyType;
@@ -87,6 +95,36 @@ pub struct Settings {
     pub scale_small: usize,
     /// Single-file changes per set in the scale part.
     pub scale_changes: usize,
+    /// Interleaved rounds in the requests part.
+    pub req_rounds: usize,
+    /// Time each server runs per round and mode in the requests part.
+    pub req_slot: Duration,
+    /// Load-generator workers (each one request at a time).
+    pub req_concurrency: usize,
+    /// Server key types in the requests part.
+    pub req_key_types: Vec<KeyType>,
+    /// Use the Go load generator and the Go server design (when Go is installed).
+    pub req_go: bool,
+    /// Measure nginx (when installed).
+    pub req_nginx: bool,
+    /// Duration of each resumption safety run.
+    pub req_safety: Duration,
+    /// Time between two credential changes in the safety runs.
+    pub req_change_every: Duration,
+    /// Target for resumed / full handshakes per second through `hitless serve`.
+    pub req_resume_goal: f64,
+    /// Count instructions per request under callgrind (when valgrind is installed).
+    pub req_instr: bool,
+    /// Durations of the short and the long run under callgrind.
+    pub req_instr_runs: (Duration, Duration),
+    /// Where to keep the callgrind output files (default: the run's temporary directory).
+    pub req_callgrind_dir: Option<PathBuf>,
+    /// A missing `hitless` binary is a problem (the part was asked for by name), not a skip.
+    pub req_required: bool,
+    /// The `hitless` binary (default: next to this executable).
+    pub hitless_exe: Option<PathBuf>,
+    /// The `hitless-bench` binary that serves the baseline (default: this executable).
+    pub bench_exe: Option<PathBuf>,
 }
 
 impl Settings {
@@ -115,6 +153,21 @@ impl Settings {
             scale_identities: 10_000,
             scale_small: 100,
             scale_changes: 50,
+            req_rounds: 10,
+            req_slot: Duration::from_millis(500),
+            req_concurrency: 8,
+            req_key_types: vec![KeyType::EcP256, KeyType::Rsa2048],
+            req_go: true,
+            req_nginx: true,
+            req_safety: Duration::from_secs(3),
+            req_change_every: Duration::from_millis(150),
+            req_resume_goal: 2.0,
+            req_instr: true,
+            req_instr_runs: (Duration::from_secs(2), Duration::from_secs(6)),
+            req_callgrind_dir: None,
+            req_required: false,
+            hitless_exe: None,
+            bench_exe: None,
         }
     }
 
@@ -135,6 +188,11 @@ impl Settings {
             sni_instr_counts: vec![1, 100],
             sni_instr_iters: 10_000,
             scale_changes: 20,
+            req_rounds: 3,
+            req_slot: Duration::from_millis(400),
+            req_instr: false,
+            req_key_types: vec![KeyType::EcP256],
+            req_safety: Duration::from_millis(1500),
             ..Settings::full()
         }
     }
@@ -159,6 +217,15 @@ impl Settings {
             scale_identities: 50,
             scale_small: 10,
             scale_changes: 5,
+            req_rounds: 2,
+            req_slot: Duration::from_millis(300),
+            req_concurrency: 2,
+            req_key_types: vec![KeyType::EcP256],
+            req_go: false,
+            req_nginx: false,
+            req_instr: false,
+            req_safety: Duration::from_millis(1500),
+            req_required: true,
             ..Settings::full()
         }
     }

@@ -4,17 +4,19 @@
 //! cargo run --release -p hitless-bench -- all            # everything (~6 minutes)
 //! cargo run --release -p hitless-bench -- all --quick    # CI-sized (~2 minutes)
 //! cargo run --release -p hitless-bench -- handshake --json
+//! cargo build --release -p hitless-cli && cargo run --release -p hitless-bench -- requests
 //! ```
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 use hitless_bench::{
-    handshake, instructions, memory, resolver, rotation, scale, sni, tcp, Outcome, Settings, Target,
+    baseline, handshake, instructions, memory, requests, resolver, rotation, scale, sni, tcp,
+    Outcome, Settings, Target,
 };
 
 const USAGE: &str = "\
-usage: hitless-bench [PART...] [--quick] [--json] [--rounds N]
+usage: hitless-bench [PART...] [--quick] [--json] [--rounds N] [--hitless PATH] [--concurrency N]
 
 parts (default: all):
   all        every part below, in order
@@ -30,11 +32,24 @@ parts (default: all):
                 (+ instructions per resolve under callgrind when valgrind is installed)
   scale      8. 10,000 identities in watch mode: load time, RSS, threads; time to pick up one
                 changed file among them; only that identity re-read
+  requests   9. HTTPS GETs with mutual TLS through the `hitless serve` process vs a static
+                hyper + tokio-rustls server (new connection, keep-alive HTTP/1.1 and h2,
+                resumed TLS 1.3 / TLS 1.2), side by side with the Go stat-per-handshake design
+                and nginx; resumption safety under load. Needs the release hitless binary
+                (cargo build --release -p hitless-cli); Go (golang-go) and nginx are used when
+                installed, skipped otherwise. In `all`, skipped if the binary is missing.
 
 options:
   --quick     CI-sized run (fewer rounds and rotations; indicative figures only)
   --json      print one JSON document on stdout instead of the text report
   --rounds N  interleaved rounds for parts 1 and 3 (default 30), N/2 for part 2 (default 15)
+  --hitless PATH
+              the hitless binary for part 9 (default: `hitless` next to this executable)
+  --concurrency N
+              load-generator workers in part 9 (default 8)
+  --callgrind-out DIR
+              part 9: keep the callgrind profiles of the instructions-per-request runs in DIR
+              (for callgrind_annotate); also counts instructions in a --quick run
   --op NAME [--iters N] [--key p256|rsa2048]
               run one operation N times, for instruction counts under
               valgrind --tool=callgrind (see docs/PERFORMANCE.md): NAME is static-key,
@@ -46,7 +61,7 @@ options:
 Exit status: 0 if every correctness check passed (no failed handshake, every rotation
 observed), 1 otherwise; 2 on a usage error. Missed speed targets are reported, not fatal.";
 
-const PARTS: [&str; 8] = [
+const PARTS: [&str; 9] = [
     "handshake",
     "tcp",
     "resolver",
@@ -55,9 +70,22 @@ const PARTS: [&str; 8] = [
     "instructions",
     "sni",
     "scale",
+    "requests",
 ];
 
 fn main() -> ExitCode {
+    let mut argv = std::env::args().skip(1).peekable();
+    if argv.peek().map(String::as_str) == Some("serve-baseline") {
+        argv.next();
+        let result = baseline::Args::parse(argv).and_then(|a| baseline::run(&a));
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hitless-bench serve-baseline: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut parts: Vec<&'static str> = Vec::new();
     let mut quick = false;
     let mut json = false;
@@ -66,6 +94,9 @@ fn main() -> ExitCode {
     let mut iters = None;
     let mut identities = 1usize;
     let mut key = hitless_test_pki::KeyType::EcP256;
+    let mut hitless_exe = None;
+    let mut concurrency = None;
+    let mut callgrind_dir = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -77,6 +108,18 @@ fn main() -> ExitCode {
                 _ => return usage("--rounds needs a positive number"),
             },
             "--op" => op = args.next(),
+            "--hitless" => match args.next() {
+                Some(p) => hitless_exe = Some(std::path::PathBuf::from(p)),
+                None => return usage("--hitless needs a path"),
+            },
+            "--callgrind-out" => match args.next() {
+                Some(p) => callgrind_dir = Some(std::path::PathBuf::from(p)),
+                None => return usage("--callgrind-out needs a directory"),
+            },
+            "--concurrency" => match args.next().and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) if (1..=256).contains(&n) => concurrency = Some(n),
+                _ => return usage("--concurrency needs a number from 1 to 256"),
+            },
             "--key" => match args.next().as_deref() {
                 Some("p256") => key = hitless_test_pki::KeyType::EcP256,
                 Some("rsa2048") => key = hitless_test_pki::KeyType::Rsa2048,
@@ -126,6 +169,16 @@ fn main() -> ExitCode {
         settings.rounds = r;
         settings.tcp_rounds = r.div_ceil(2);
     }
+    settings.hitless_exe = hitless_exe;
+    if callgrind_dir.is_some() {
+        settings.req_instr = true;
+        settings.req_callgrind_dir = callgrind_dir;
+    }
+    if let Some(c) = concurrency {
+        settings.req_concurrency = c;
+    }
+    // Asked for by name (not only through `all`): a missing hitless binary is an error.
+    settings.req_required = std::env::args().skip(1).any(|a| a == "requests");
 
     let started = Instant::now();
     let header = machine(quick, &settings);
@@ -144,6 +197,7 @@ fn main() -> ExitCode {
             "memory" => memory::run(&settings),
             "sni" => sni::run(&settings),
             "scale" => scale::run(&settings),
+            "requests" => requests::run(&settings),
             _ => instructions::run(&settings),
         };
         eprintln!(

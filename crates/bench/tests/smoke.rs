@@ -2,7 +2,9 @@
 //! asserted (no failed handshake, rotations observed, no leaked descriptor or thread). Speed
 //! is never asserted here: a debug build on a shared CI machine says nothing about speed.
 
-use hitless_bench::{handshake, memory, resolver, rotation, scale, sni, tcp, Outcome, Settings};
+use hitless_bench::{
+    handshake, memory, requests, resolver, rotation, scale, sni, tcp, Outcome, Settings,
+};
 
 fn assert_correct(part: &str, o: &Outcome) {
     assert!(
@@ -157,4 +159,44 @@ fn single_operation_modes_used_under_callgrind_still_run() {
         .output()
         .expect("run hitless-bench");
     assert_eq!(bad.status.code(), Some(2));
+}
+
+/// The requests part's Rust pieces (no Go, no nginx: CI may not have them): the static
+/// baseline process and the `hitless serve` process (`target/debug/hitless`, built by
+/// `cargo test --workspace`; with `-p hitless-bench` alone, build it first with
+/// `cargo build -p hitless-cli`) under the rustls client resuming TLS 1.2 session IDs; then the
+/// resumption safety check (TLS 1.2 session IDs and TLS 1.3 tickets) while the identity
+/// rotates and the client trust changes.
+#[test]
+fn requests_part_serves_resumes_and_never_resumes_across_a_change() {
+    let mut s = Settings::smoke();
+    s.bench_exe = Some(env!("CARGO_BIN_EXE_hitless-bench").into());
+    let o = requests::run(&s);
+    assert_correct("requests", &o);
+    let key = &o.json["keys"][0];
+    let modes = key["modes"].as_array().expect("modes");
+    assert_eq!(modes.len(), 1, "{}", o.text);
+    assert_eq!(modes[0]["mode"], "resumed-tls12-session-ids");
+    let servers = modes[0]["servers"].as_array().expect("servers");
+    let names: Vec<&str> = servers
+        .iter()
+        .filter_map(|v| v["server"].as_str())
+        .collect();
+    assert_eq!(names, ["static", "hitless", "hitless+rotate"]);
+    for v in servers {
+        assert!(v["requests"].as_u64() > Some(0), "{v}");
+        assert_eq!(v["errors"], 0, "{v}");
+    }
+    // Session IDs resume through both servers.
+    for v in &servers[..2] {
+        assert!(v["resumed"].as_u64() > Some(0), "{v}");
+    }
+    let safety = key["safety"].as_array().expect("safety");
+    assert_eq!(safety.len(), 2);
+    for c in safety {
+        assert!(c["rotations"].as_u64() > Some(0), "{c}");
+        assert!(c["trust_changes"].as_u64() > Some(0), "{c}");
+        assert!(c["checked"].as_u64() > Some(0), "{c}");
+        assert_eq!(c["violations"], 0, "{c}");
+    }
 }

@@ -1,0 +1,3 @@
+module hitless-bench-go
+
+go 1.19
