@@ -93,10 +93,12 @@ pub fn server_config(args: &Args) -> Result<Arc<ServerConfig>, String> {
             .add(ca)
             .map_err(|e| format!("{}: {e}", args.client_ca.display()))?;
     }
-    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::provider())
         .build()
         .map_err(|e| format!("client verifier: {e}"))?;
-    let mut config = ServerConfig::builder()
+    let mut config = ServerConfig::builder_with_provider(crate::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("server config: {e}"))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| format!("server config: {e}"))?;

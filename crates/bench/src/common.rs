@@ -123,10 +123,13 @@ impl Pki {
     pub fn static_server_config(&self) -> Arc<ServerConfig> {
         let mut roots = RootCertStore::empty();
         roots.add(self.client_ca.rustls_cert()).expect("client CA");
-        let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
-            .build()
-            .expect("client verifier");
-        let config = ServerConfig::builder()
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::provider())
+                .build()
+                .expect("client verifier");
+        let config = ServerConfig::builder_with_provider(crate::provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.leaves[0].rustls_chain(), self.leaves[0].rustls_key())
             .expect("static server config");
@@ -175,7 +178,9 @@ impl Pki {
     pub fn client_config(&self) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots.add(self.server_ca.rustls_cert()).expect("server CA");
-        let mut config = ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        let mut config = ClientConfig::builder_with_provider(crate::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
             .with_root_certificates(roots)
             .with_client_auth_cert(
                 self.client_leaf.rustls_chain(),

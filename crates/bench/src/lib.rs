@@ -296,3 +296,9 @@ impl Target {
         })
     }
 }
+
+/// The benchmark's crypto provider (aws-lc-rs), named explicitly: a workspace test build
+/// compiles ring into rustls too, and rustls' provider-less builders then cannot choose.
+pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}

@@ -85,7 +85,9 @@ fn config(pki: &Pki, resume: Resume) -> Result<Arc<ClientConfig>, String> {
         Resume::Tls12SessionIds => &[&rustls::version::TLS12],
         Resume::Tls13Tickets => &[&rustls::version::TLS13],
     };
-    let mut c = ClientConfig::builder_with_protocol_versions(versions)
+    let mut c = ClientConfig::builder_with_provider(crate::provider())
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_client_auth_cert(pki.client_leaf.rustls_chain(), pki.client_leaf.rustls_key())
         .map_err(|e| e.to_string())?;

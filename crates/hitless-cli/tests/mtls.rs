@@ -23,10 +23,14 @@ impl KeepAlive {
     fn open(port: u16, pki: &Pki, client: &Leaf) -> KeepAlive {
         let mut roots = RootCertStore::empty();
         roots.add(pki.ca.rustls_cert()).unwrap();
-        let config = ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(client.rustls_chain(), client.rustls_key())
-            .unwrap();
+        let config = ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(client.rustls_chain(), client.rustls_key())
+        .unwrap();
         let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
