@@ -393,6 +393,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pushed_means_manual_for_files_and_names_show_in_status() {
+        // A file credential has nothing that pushes: given `Pushed`, it waits for `reload()`.
+        assert_eq!(Detection::Pushed.capped(), Detection::Manual);
+        assert_eq!(Detection::Pushed.to_string(), "pushed");
+        assert_eq!(
+            Detection::OnHandshake {
+                ttl: Detection::DEFAULT_ON_HANDSHAKE_TTL
+            }
+            .to_string(),
+            "on-handshake"
+        );
+        assert_eq!(
+            Detection::Poll {
+                interval: Duration::MAX
+            }
+            .capped(),
+            Detection::Poll {
+                interval: Detection::MAX_INTERVAL
+            }
+        );
+    }
+
+    #[test]
     fn jitter_stays_within_ten_percent_and_varies() {
         let base = Duration::from_secs(10);
         let samples: Vec<Duration> = (0..200).map(|_| jittered(base)).collect();
