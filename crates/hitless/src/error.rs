@@ -201,6 +201,17 @@ pub enum Error {
         #[source]
         source: rustls::Error,
     },
+
+    /// A pushed identity was refused by a rule of its provider (given to
+    /// [`PushedIdentityBuilder::require`](crate::PushedIdentityBuilder::require)), e.g. a
+    /// SPIFFE ID rule.
+    #[error("{origin}: refused: {reason}")]
+    Refused {
+        /// Where the value came from (the publisher's origin).
+        origin: PathBuf,
+        /// The rule's reason.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -228,6 +239,7 @@ impl Error {
             Error::KeyMismatch { key_path, .. } => Some(key_path),
             Error::NotLoaded { .. } => None,
             Error::NoCryptoProvider | Error::CryptoProvider { .. } => None,
+            Error::Refused { origin, .. } => Some(origin),
         }
     }
 }
