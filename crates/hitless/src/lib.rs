@@ -282,3 +282,9 @@ pub use identity::{CertInfo, Identity, Role};
 pub use snapshot::{Event, Health, LastError, Outage, Snapshot, Status};
 pub use source::{read_credential_file, IdentitySource, Password};
 pub use trust::{CrlInfo, Trust, TrustSource};
+
+/// The README's code compiles against this crate (`cargo test --doc`): its snippet cannot
+/// drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
