@@ -79,12 +79,12 @@ impl Load for IdentityLoader {
         let cert_path = self.source.cert_path();
         let key_path = self.source.key_path();
         let certs = pem::parse(cert_path, files.contents(cert_path))?;
-        self.note_run_together(cert_path, certs.run_together);
+        self.note_run_together(cert_path, certs.run_together());
         let identity = if cert_path == key_path {
             Identity::from_sections(cert_path, &certs, key_path, &certs, &self.rules)?
         } else {
             let keys = pem::parse(key_path, files.contents(key_path))?;
-            self.note_run_together(key_path, keys.run_together);
+            self.note_run_together(key_path, keys.run_together());
             Identity::from_sections(cert_path, &certs, key_path, &keys, &self.rules)?
         };
         Ok(identity)
@@ -706,8 +706,9 @@ impl ServerIdentitiesBuilder {
     /// `allow_empty_start`), builds the index, then starts one detector for all.
     pub fn build(self) -> Result<ServerIdentities, Error> {
         if self.members.is_empty() {
-            return Err(Error::NotLoaded {
-                name: self.options.name.unwrap_or_else(|| "identities".into()),
+            return Err(Error::NothingToLoad {
+                what: "server identities",
+                missing: "identity",
             });
         }
         let provider = self.provider.map_or_else(default_provider, Ok)?;

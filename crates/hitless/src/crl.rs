@@ -113,8 +113,12 @@ impl Crl {
             path: path.to_owned(),
             reason,
         };
-        let (_, crl) =
-            CertificateRevocationList::from_der(der.as_ref()).map_err(|e| fail(e.to_string()))?;
+        let (_, crl) = CertificateRevocationList::from_der(der.as_ref()).map_err(|e| {
+            Error::CrlUnreadable {
+                path: path.to_owned(),
+                source: Box::new(x509_parser::error::X509Error::from(e)),
+            }
+        })?;
         let issuer_text = crl.issuer().to_string();
         let issuer = crl.issuer().as_raw().to_vec();
         let signer = check_signature(der.as_ref(), &issuer, &issuer_text, anchors, provider)

@@ -631,7 +631,7 @@ fn analyse(file: &Path, contents: Contents, args: &Args, now: SystemTime, report
         // together) is in this report already.
         identity_source(file, &contents, args, report.kind).map(|source| {
             tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
-                Identity::load(&source, args.role.into())
+                Identity::load(&source, Role::from(args.role))
             })
         })
     } else {

@@ -61,16 +61,17 @@ impl Password {
             Password::None => Ok(String::new()),
             Password::File(p) => {
                 let bytes = files.contents(p);
-                let text = std::str::from_utf8(bytes).map_err(|_| Error::Pkcs12 {
+                let text = std::str::from_utf8(bytes).map_err(|source| Error::PasswordNotUtf8 {
                     path: p.clone(),
-                    reason: "password file is not UTF-8".into(),
+                    source,
                 })?;
                 let text = text.strip_suffix('\n').unwrap_or(text);
                 Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
             }
-            Password::Env(name) => std::env::var(name).map_err(|_| Error::Pkcs12 {
+            Password::Env(name) => std::env::var(name).map_err(|source| Error::PasswordEnv {
                 path: keystore.to_owned(),
-                reason: format!("password environment variable {name} is not set"),
+                name: name.clone(),
+                source,
             }),
         }
     }
@@ -83,7 +84,7 @@ fn pkcs12_error(path: &Path, e: p12_keystore::error::Error) -> Error {
         },
         other => Error::Pkcs12 {
             path: path.to_owned(),
-            reason: other.to_string(),
+            source: Box::new(other),
         },
     }
 }
@@ -163,11 +164,8 @@ pub(crate) fn trust_anchors(
     let mut bags = Vec::with_capacity(archive.certs.len());
     for (i, bag) in archive.certs.iter().enumerate() {
         let der = bag.cert.as_der();
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| Error::Certificate {
-            path: path.to_owned(),
-            index: i + 1,
-            reason: e.to_string(),
-        })?;
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| crate::identity::certificate_error(path, i + 1, e))?;
         let spki = cert.public_key().raw;
         let leaf_of_a_key = bag
             .local_key_id
