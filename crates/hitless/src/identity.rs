@@ -55,6 +55,10 @@ pub struct CertInfo {
     /// The purposes of the extendedKeyUsage extension (`serverAuth`, `clientAuth`,
     /// `codeSigning`, ... or a dotted OID), `None` without the extension (any purpose).
     pub extended_key_usage: Option<Vec<String>>,
+    /// SHA-256 of the DER SubjectPublicKeyInfo, lowercase hex: equal for certificates of one
+    /// key (a renewal that kept its key), and equal to [`KeyInfo::public_key_fingerprint`] of
+    /// the certificate's private key.
+    pub public_key_fingerprint: String,
 }
 
 impl CertInfo {
@@ -113,6 +117,7 @@ impl CertInfo {
             key_type: key_type(cert),
             is_ca: cert.is_ca(),
             extended_key_usage: extended_key_usage(cert),
+            public_key_fingerprint: hex(&Sha256::digest(cert.public_key().raw)),
         }
     }
 
@@ -120,6 +125,74 @@ impl CertInfo {
     pub fn is_valid_at(&self, now: SystemTime) -> bool {
         self.not_before <= now && now <= self.not_after
     }
+}
+
+/// Facts about a private key, as the crypto provider loads it: its algorithm, and which
+/// certificate it belongs to. The same loading and matching an [`Identity`] does, for tools
+/// that list what a file holds (`hitless inspect`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    algorithm: SignatureAlgorithm,
+    public_key_fingerprint: String,
+}
+
+impl KeyInfo {
+    /// Loads `key` (read from `path`, named in errors) with the default crypto provider (the
+    /// process default, else the one compiled in). Errors: [`Error::Key`] (the provider
+    /// refuses it: malformed, an unsupported algorithm or curve), [`Error::NoPublicKey`],
+    /// [`Error::NoCryptoProvider`].
+    pub fn from_der(path: &Path, key: &PrivateKeyDer<'_>) -> Result<KeyInfo, Error> {
+        Self::from_der_with_provider(path, key, &*default_provider()?)
+    }
+
+    /// [`KeyInfo::from_der`] with this crypto provider.
+    pub fn from_der_with_provider(
+        path: &Path,
+        key: &PrivateKeyDer<'_>,
+        provider: &CryptoProvider,
+    ) -> Result<KeyInfo, Error> {
+        let (signing_key, spki) = load_key(path, key.clone_key(), provider)?;
+        Ok(KeyInfo {
+            algorithm: signing_key.algorithm(),
+            public_key_fingerprint: hex(&Sha256::digest(&spki)),
+        })
+    }
+
+    /// The key's algorithm.
+    pub fn algorithm(&self) -> SignatureAlgorithm {
+        self.algorithm
+    }
+
+    /// SHA-256 of the key's DER SubjectPublicKeyInfo, lowercase hex.
+    pub fn public_key_fingerprint(&self) -> &str {
+        &self.public_key_fingerprint
+    }
+
+    /// Whether `cert` is a certificate for this key (same public key).
+    pub fn matches(&self, cert: &CertInfo) -> bool {
+        cert.public_key_fingerprint == self.public_key_fingerprint
+    }
+}
+
+/// Loads a private key with `provider`: the signing key and its DER SubjectPublicKeyInfo.
+fn load_key(
+    path: &Path,
+    key: PrivateKeyDer<'static>,
+    provider: &CryptoProvider,
+) -> Result<(Arc<dyn rustls::sign::SigningKey>, Vec<u8>), Error> {
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|source| Error::Key {
+            path: path.to_owned(),
+            source,
+        })?;
+    let Some(spki) = signing_key.public_key().map(|s| s.as_ref().to_vec()) else {
+        return Err(Error::NoPublicKey {
+            path: path.to_owned(),
+        });
+    };
+    Ok((signing_key, spki))
 }
 
 /// A validated identity: an ordered chain, a private key that matches its leaf, and facts.
@@ -384,19 +457,7 @@ impl Identity {
                 path: cert_path.to_owned(),
             });
         }
-        let signing_key = rules
-            .provider
-            .key_provider
-            .load_private_key(key)
-            .map_err(|source| Error::Key {
-                path: key_path.to_owned(),
-                source,
-            })?;
-        let Some(key_spki) = signing_key.public_key().map(|s| s.as_ref().to_vec()) else {
-            return Err(Error::NoPublicKey {
-                path: key_path.to_owned(),
-            });
-        };
+        let (signing_key, key_spki) = load_key(key_path, key, &rules.provider)?;
 
         let mut parsed = Vec::with_capacity(certs.len());
         for (i, der) in certs.iter().enumerate() {

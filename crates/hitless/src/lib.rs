@@ -237,7 +237,7 @@ pub use credential::{
 };
 pub use detect::Detection;
 pub use error::Error;
-pub use identity::{CertInfo, Identity, IdentityRules, Role};
+pub use identity::{CertInfo, Identity, IdentityRules, KeyInfo, Role};
 pub use snapshot::{Event, EventCallback, Health, LastError, Snapshot, Status};
-pub use source::{pem, read_credential_file, IdentitySource, Password};
+pub use source::{pem, pkcs12, read_credential_file, IdentitySource, Password};
 pub use trust::{CrlInfo, Trust, TrustSource};

@@ -98,6 +98,15 @@ impl std::fmt::Debug for Trust {
     }
 }
 
+impl CrlInfo {
+    /// The facts of a DER CRL read from `path` (named in errors: [`Error::CrlUnreadable`]),
+    /// as [`Trust::crls`] reports them, except that no signature is checked (`verified_by` is
+    /// `None`): that takes the trust bundle, see [`Trust::load`].
+    pub fn from_der(path: &Path, der: &[u8]) -> Result<CrlInfo, Error> {
+        Ok(crl::facts(path, &crl::parse(path, der)?))
+    }
+}
+
 impl Trust {
     /// The trusted CAs.
     pub fn roots(&self) -> &Arc<RootCertStore> {

@@ -6,7 +6,7 @@
 
 pub(crate) mod files;
 pub mod pem;
-pub(crate) mod pkcs12;
+pub mod pkcs12;
 
 pub use pkcs12::Password;
 

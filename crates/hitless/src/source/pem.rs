@@ -212,14 +212,16 @@ pub fn sections(bytes: &[u8]) -> Result<Sections, PemError> {
     Ok(out)
 }
 
-/// [`sections`] of `bytes` read from `path`, with the error naming the file.
-pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Sections, Error> {
+/// [`sections`] of `bytes` read from `path`, with the error naming the file:
+/// [`Error::Empty`], [`Error::EncryptedKey`], or [`Error::Pem`] with the [`PemError`] as its
+/// source.
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Sections, Error> {
     sections(bytes).map_err(|e| file_error(path, e))
 }
 
 /// The library's error for a PEM problem of `path`: empty and encrypted-key files have their
 /// own variants.
-pub(crate) fn file_error(path: &Path, error: PemError) -> Error {
+fn file_error(path: &Path, error: PemError) -> Error {
     let path = path.to_owned();
     match error {
         PemError::Empty => Error::Empty { path },
