@@ -176,7 +176,10 @@ impl Crl {
 }
 
 /// Parses a DER CRL read from `path` ([`Error::CrlUnreadable`] with the parser's error).
-pub(crate) fn parse<'a>(path: &Path, der: &'a [u8]) -> Result<CertificateRevocationList<'a>, Error> {
+pub(crate) fn parse<'a>(
+    path: &Path,
+    der: &'a [u8],
+) -> Result<CertificateRevocationList<'a>, Error> {
     CertificateRevocationList::from_der(der)
         .map(|(_, crl)| crl)
         .map_err(|e| Error::CrlUnreadable {

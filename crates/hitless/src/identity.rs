@@ -81,8 +81,8 @@ impl CertInfo {
     pub fn from_der(
         der: &[u8],
     ) -> Result<CertInfo, Box<dyn std::error::Error + Send + Sync + 'static>> {
-        let (_, cert) = X509Certificate::from_der(der)
-            .map_err(|e| Box::new(x509_parser::error::X509Error::from(e)))?;
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(x509_parser::error::X509Error::from)?;
         Ok(Self::from_parsed(der, &cert))
     }
 
@@ -380,7 +380,10 @@ impl Identity {
     /// [`IdentityRules`] or just a [`Role`] (default crypto provider: the process default, else
     /// the one compiled in). For tools that must give the verdict a server would
     /// (`hitless inspect`, `hitless serve --check`); nothing is watched.
-    pub fn load(source: &IdentitySource, rules: impl Into<IdentityRules>) -> Result<Identity, Error> {
+    pub fn load(
+        source: &IdentitySource,
+        rules: impl Into<IdentityRules>,
+    ) -> Result<Identity, Error> {
         let rules = rules.into().resolve()?;
         crate::credential::IdentityLoader::new(source.clone(), rules).load_once()
     }
@@ -461,9 +464,8 @@ impl Identity {
 
         let mut parsed = Vec::with_capacity(certs.len());
         for (i, der) in certs.iter().enumerate() {
-            let (_, cert) =
-                X509Certificate::from_der(der.as_ref())
-                    .map_err(|e| certificate_error(cert_path, i + 1, e))?;
+            let (_, cert) = X509Certificate::from_der(der.as_ref())
+                .map_err(|e| certificate_error(cert_path, i + 1, e))?;
             parsed.push(cert);
         }
 

@@ -311,7 +311,10 @@ mod tests {
         let s = sections(text.as_bytes()).unwrap();
         assert!(!s.run_together());
         assert_eq!((s.certificates().count(), s.private_keys().count()), (1, 1));
-        assert_eq!(s.certificates().next().unwrap().as_ref(), [0x30, 0x03, 0x02, 0x01, 0x01]);
+        assert_eq!(
+            s.certificates().next().unwrap().as_ref(),
+            [0x30, 0x03, 0x02, 0x01, 0x01]
+        );
     }
 
     #[test]
@@ -349,17 +352,18 @@ mod tests {
         assert!(e.to_string().contains("invalid base64"), "{e}");
         let no_end = &CERT_A[..CERT_A.len() - 10];
         let e = sections(no_end.as_bytes()).unwrap_err();
-        assert!(e.to_string().contains("no \"-----END CERTIFICATE-----\" line"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("no \"-----END CERTIFICATE-----\" line"),
+            "{e}"
+        );
         // The underlying parser error is the source.
         let inner = std::error::Error::source(&e).expect("a source");
         assert!(inner
             .downcast_ref::<rustls::pki_types::pem::Error>()
             .is_some());
         let cut = format!("{CERT_A}\n-----BEG");
-        assert!(matches!(
-            sections(cut.as_bytes()),
-            Err(PemError::Truncated)
-        ));
+        assert!(matches!(sections(cut.as_bytes()), Err(PemError::Truncated)));
     }
 
     #[test]

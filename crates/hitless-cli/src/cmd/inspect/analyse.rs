@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use hitless::{CertInfo, CrlInfo, Identity, IdentitySource, KeyInfo, Role};
 
 use super::render::{rfc3339, seconds_between, span};
-use super::{Args, CertReport, Contents, CrlReport, Kind, KeyReport, Report, Status};
+use super::{Args, CertReport, Contents, CrlReport, KeyReport, Kind, Report, Status};
 
 /// Turns raw contents into facts, errors and warnings, and decides the status.
 pub(super) fn analyse(
@@ -391,7 +391,6 @@ fn check_validity(report: &mut Report, warn: Duration, now: SystemTime, served: 
     }
 }
 
-
 /// A private key file readable by every user of the machine is worth a warning.
 fn warn_if_readable(path: &Path, warnings: &mut Vec<String>) {
     #[cfg(unix)]
@@ -414,4 +413,3 @@ fn warn_if_readable(path: &Path, warnings: &mut Vec<String>) {
     #[cfg(not(unix))]
     let _ = (path, warnings);
 }
-

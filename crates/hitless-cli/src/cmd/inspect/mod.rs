@@ -301,4 +301,3 @@ fn inspect(file: &Path, args: &Args, now: SystemTime) -> Report {
     analyse::analyse(file, contents, args, now, &mut report);
     report
 }
-

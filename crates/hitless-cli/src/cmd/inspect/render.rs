@@ -167,4 +167,3 @@ pub(super) fn seconds_between(from: SystemTime, to: SystemTime) -> i64 {
 pub(super) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
-
