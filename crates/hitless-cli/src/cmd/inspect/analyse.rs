@@ -229,14 +229,9 @@ fn identity_source(
 /// fingerprint, leaf first), when it accepted the identity.
 fn check_chain(report: &mut Report, served: Option<&[String]>) {
     let certs = &report.certificates;
-    let position = |fingerprint: &String| {
-        certs
-            .iter()
-            .position(|c| c.fingerprint_sha256 == *fingerprint)
-    };
     let by_key = served
         .and_then(|s| s.first())
-        .and_then(position)
+        .and_then(|f| position(certs, f))
         .map(|i| i + 1)
         .or_else(|| report.keys.iter().find_map(|k| k.matches_certificate));
     let leaf = by_key
@@ -249,6 +244,30 @@ fn check_chain(report: &mut Report, served: Option<&[String]>) {
         }
         return;
     };
+    let mut warnings = order_warnings(certs, leaf);
+    let in_chain = chain_sent(certs, leaf, served);
+    warnings.extend(membership_warnings(certs, leaf, &in_chain));
+    report.warnings.extend(warnings);
+    for (i, c) in report.certificates.iter_mut().enumerate() {
+        c.role = if i == leaf {
+            "leaf"
+        } else if c.is_ca {
+            "ca"
+        } else {
+            "other"
+        };
+    }
+}
+
+/// The index of the certificate with this fingerprint.
+fn position(certs: &[CertReport], fingerprint: &str) -> Option<usize> {
+    certs
+        .iter()
+        .position(|c| c.fingerprint_sha256 == fingerprint)
+}
+
+/// A leaf that is not first, a certificate not followed by its issuer, a root not last.
+fn order_warnings(certs: &[CertReport], leaf: usize) -> Vec<String> {
     let mut warnings = Vec::new();
     if leaf != 0 {
         warnings.push(format!(
@@ -273,13 +292,18 @@ fn check_chain(report: &mut Report, served: Option<&[String]>) {
             ));
         }
     }
-    // The chain hitless would send (as the library chose it, else the leaf and its issuers by
-    // name), with the root that ends it.
+    warnings
+}
+
+/// The chain hitless would send (as the library chose it, else the leaf and its issuers by
+/// name), with the root that ends it: indices into `certs`.
+fn chain_sent(certs: &[CertReport], leaf: usize, served: Option<&[String]>) -> Vec<usize> {
     let mut in_chain: Vec<usize> = match served {
-        Some(s) => s.iter().filter_map(position).collect(),
+        Some(s) => s.iter().filter_map(|f| position(certs, f)).collect(),
         None => vec![leaf],
     };
     let mut current = in_chain.last().copied().unwrap_or(leaf);
+    // Each turn adds a certificate not in the chain yet: at most `certs.len()` turns.
     while !certs[current].self_signed {
         let issuer = &certs[current].issuer;
         match (0..certs.len()).find(|&i| {
@@ -294,6 +318,13 @@ fn check_chain(report: &mut Report, served: Option<&[String]>) {
             None => break,
         }
     }
+    in_chain
+}
+
+/// What becomes of each certificate that is not the leaf: a root that is not sent, another
+/// certificate for the leaf's key, one that belongs to no chain.
+fn membership_warnings(certs: &[CertReport], leaf: usize, in_chain: &[usize]) -> Vec<String> {
+    let mut warnings = Vec::new();
     for (i, c) in certs.iter().enumerate() {
         if i == leaf {
             continue;
@@ -322,16 +353,7 @@ fn check_chain(report: &mut Report, served: Option<&[String]>) {
             ));
         }
     }
-    report.warnings.extend(warnings);
-    for (i, c) in report.certificates.iter_mut().enumerate() {
-        c.role = if i == leaf {
-            "leaf"
-        } else if c.is_ca {
-            "ca"
-        } else {
-            "other"
-        };
-    }
+    warnings
 }
 
 /// Errors for certificates and CRLs out of their validity; warnings for those ending within

@@ -4,131 +4,140 @@
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
-use super::{Report, Status};
+use super::{CertReport, CrlReport, Report, Status};
 
 /// The human-readable block of one file.
 pub(super) fn report(report: &Report, out: &mut String) {
-    report.render(out);
+    headline(report, out);
+    for c in &report.certificates {
+        certificate(c, out);
+    }
+    for crl in &report.crls {
+        self::crl(crl, out);
+    }
+    for key in &report.keys {
+        let algorithm = key.algorithm.as_deref().unwrap_or("unusable");
+        let verdict = match key.matches_certificate {
+            Some(i) => format!("matches certificate {i}"),
+            None => "matches NO certificate".into(),
+        };
+        let _ = writeln!(
+            out,
+            "  private key  {} ({algorithm}): {verdict}",
+            key.file.display()
+        );
+    }
+    if !report.usable_as.is_empty() {
+        let _ = writeln!(
+            out,
+            "  usable as    {} identity",
+            report.usable_as.join(" and ")
+        );
+    }
+    for w in &report.warnings {
+        let _ = writeln!(out, "  warning: {w}");
+    }
+    for e in &report.errors {
+        let _ = writeln!(out, "  error: {e}");
+    }
+    verdict(report, out);
 }
 
-impl Report {
-    /// The human-readable block of this file.
-    fn render(&self, out: &mut String) {
-        let mut what = Vec::new();
-        if !self.certificates.is_empty() {
-            what.push(plural(self.certificates.len(), "certificate"));
-        }
-        if !self.keys.is_empty() {
-            what.push(plural(self.keys.len(), "private key"));
-        }
-        if !self.crls.is_empty() {
-            what.push(plural(self.crls.len(), "CRL"));
-        }
-        let _ = write!(out, "{}", self.file.display());
-        if let Some(kind) = self.kind {
-            let _ = write!(out, ": {}", kind.describe());
-        }
-        if !what.is_empty() {
-            let _ = write!(out, ", {}", what.join(", "));
-        }
-        out.push('\n');
-        for c in &self.certificates {
-            let mut tags = vec![c.role];
-            if c.self_signed {
-                tags.push("self-signed");
-            }
-            tags.retain(|t| *t != "other");
-            let tags = if tags.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", tags.join(", "))
-            };
-            let _ = writeln!(out, "  certificate {}{tags}", c.index);
-            field(out, "subject", &c.subject);
-            field(out, "issuer", &c.issuer);
-            field(out, "serial", &c.serial);
-            let names: Vec<String> = c
-                .dns_names
-                .iter()
-                .map(|n| format!("DNS:{n}"))
-                .chain(c.ip_addresses.iter().map(|ip| format!("IP:{ip}")))
-                .collect();
-            field(
-                out,
-                "names",
-                if names.is_empty() {
-                    "(none)".to_string()
-                } else {
-                    names.join(", ")
-                }
-                .as_str(),
-            );
-            field(out, "key", &c.key_type);
-            if let Some(usage) = &c.extended_key_usage {
-                field(out, "ext. usage", &usage.join(", "));
-            }
-            field(out, "not before", &c.not_before);
-            let left = if c.seconds_left >= 0 {
-                format!("{} (in {})", c.not_after, span(c.seconds_left))
-            } else {
-                format!("{} (expired {} ago)", c.not_after, span(-c.seconds_left))
-            };
-            field(out, "not after", &left);
-            field(out, "sha-256", &c.fingerprint_sha256);
-        }
-        for crl in &self.crls {
-            let _ = writeln!(out, "  CRL");
-            field(out, "issuer", &crl.issuer);
-            field(out, "this update", &crl.this_update);
-            let next = match (&crl.next_update, crl.seconds_left) {
-                (Some(at), Some(left)) if left >= 0 => format!("{at} (in {})", span(left)),
-                (Some(at), Some(left)) => format!("{at} (passed {} ago)", span(-left)),
-                _ => "(none)".into(),
-            };
-            field(out, "next update", &next);
-            field(out, "revoked", &crl.revoked.to_string());
-        }
-        for key in &self.keys {
-            let algorithm = key.algorithm.as_deref().unwrap_or("unusable");
-            let verdict = match key.matches_certificate {
-                Some(i) => format!("matches certificate {i}"),
-                None => "matches NO certificate".into(),
-            };
-            let _ = writeln!(
-                out,
-                "  private key  {} ({algorithm}): {verdict}",
-                key.file.display()
-            );
-        }
-        if !self.usable_as.is_empty() {
-            let _ = writeln!(
-                out,
-                "  usable as    {} identity",
-                self.usable_as.join(" and ")
-            );
-        }
-        for w in &self.warnings {
-            let _ = writeln!(out, "  warning: {w}");
-        }
-        for e in &self.errors {
-            let _ = writeln!(out, "  error: {e}");
-        }
-        let _ = match self.status {
-            Status::Invalid => writeln!(out, "  => INVALID"),
-            Status::Expiring => writeln!(
-                out,
-                "  => valid, but EXPIRES SOON: in {} ({})",
-                span(self.seconds_left.unwrap_or(0)),
-                self.expires.as_deref().unwrap_or("?")
-            ),
-            Status::Valid => match (&self.expires, self.seconds_left) {
-                (Some(at), Some(left)) => {
-                    writeln!(out, "  => valid, expires in {} ({at})", span(left))
-                }
-                _ => writeln!(out, "  => valid"),
-            },
-        };
+/// `FILE: KIND, N certificates, N private keys, N CRLs`.
+fn headline(report: &Report, out: &mut String) {
+    let mut what = Vec::new();
+    if !report.certificates.is_empty() {
+        what.push(plural(report.certificates.len(), "certificate"));
     }
+    if !report.keys.is_empty() {
+        what.push(plural(report.keys.len(), "private key"));
+    }
+    if !report.crls.is_empty() {
+        what.push(plural(report.crls.len(), "CRL"));
+    }
+    let _ = write!(out, "{}", report.file.display());
+    if let Some(kind) = report.kind {
+        let _ = write!(out, ": {}", kind.describe());
+    }
+    if !what.is_empty() {
+        let _ = write!(out, ", {}", what.join(", "));
+    }
+    out.push('\n');
+}
+
+/// The facts of one certificate.
+fn certificate(c: &CertReport, out: &mut String) {
+    let mut tags = vec![c.role];
+    if c.self_signed {
+        tags.push("self-signed");
+    }
+    tags.retain(|t| *t != "other");
+    let tags = if tags.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", tags.join(", "))
+    };
+    let _ = writeln!(out, "  certificate {}{tags}", c.index);
+    field(out, "subject", &c.subject);
+    field(out, "issuer", &c.issuer);
+    field(out, "serial", &c.serial);
+    let names: Vec<String> = c
+        .dns_names
+        .iter()
+        .map(|n| format!("DNS:{n}"))
+        .chain(c.ip_addresses.iter().map(|ip| format!("IP:{ip}")))
+        .collect();
+    let names = if names.is_empty() {
+        "(none)".to_string()
+    } else {
+        names.join(", ")
+    };
+    field(out, "names", &names);
+    field(out, "key", &c.key_type);
+    if let Some(usage) = &c.extended_key_usage {
+        field(out, "ext. usage", &usage.join(", "));
+    }
+    field(out, "not before", &c.not_before);
+    let left = if c.seconds_left >= 0 {
+        format!("{} (in {})", c.not_after, span(c.seconds_left))
+    } else {
+        format!("{} (expired {} ago)", c.not_after, span(-c.seconds_left))
+    };
+    field(out, "not after", &left);
+    field(out, "sha-256", &c.fingerprint_sha256);
+}
+
+/// The facts of one CRL.
+fn crl(crl: &CrlReport, out: &mut String) {
+    let _ = writeln!(out, "  CRL");
+    field(out, "issuer", &crl.issuer);
+    field(out, "this update", &crl.this_update);
+    let next = match (&crl.next_update, crl.seconds_left) {
+        (Some(at), Some(left)) if left >= 0 => format!("{at} (in {})", span(left)),
+        (Some(at), Some(left)) => format!("{at} (passed {} ago)", span(-left)),
+        _ => "(none)".into(),
+    };
+    field(out, "next update", &next);
+    field(out, "revoked", &crl.revoked.to_string());
+}
+
+/// The last line: the status, and when the file expires.
+fn verdict(report: &Report, out: &mut String) {
+    let _ = match report.status {
+        Status::Invalid => writeln!(out, "  => INVALID"),
+        Status::Expiring => writeln!(
+            out,
+            "  => valid, but EXPIRES SOON: in {} ({})",
+            span(report.seconds_left.unwrap_or(0)),
+            report.expires.as_deref().unwrap_or("?")
+        ),
+        Status::Valid => match (&report.expires, report.seconds_left) {
+            (Some(at), Some(left)) => {
+                writeln!(out, "  => valid, expires in {} ({at})", span(left))
+            }
+            _ => writeln!(out, "  => valid"),
+        },
+    };
 }
 
 fn field(out: &mut String, name: &str, value: &str) {
