@@ -286,3 +286,10 @@ fn pkcs12_contents_needs_the_right_password() {
         .starts_with(&format!("{}: invalid PKCS#12", p12.display())));
     assert!(err.source().is_some(), "the reader's error is kept");
 }
+
+#[test]
+fn errors_can_cross_threads() {
+    fn send_sync_static<T: Send + Sync + 'static>() {}
+    send_sync_static::<Error>();
+    send_sync_static::<hitless::pem::PemError>();
+}
