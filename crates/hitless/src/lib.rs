@@ -278,9 +278,9 @@ pub use handle::{
     Reload, ReloadingIdentity, ReloadingTrust, ServerIdentities, ServerIdentitiesBuilder,
     TrustBuilder, TrustPublisher,
 };
-pub use identity::{CertInfo, Identity, Role};
+pub use identity::{CertInfo, Identity, IdentityRules, KeyInfo, Role};
 pub use snapshot::{Event, Health, LastError, Outage, Snapshot, Status};
-pub use source::{read_credential_file, IdentitySource, Password};
+pub use source::{pem, pkcs12, read_credential_file, IdentitySource, Password};
 pub use trust::{CrlInfo, Trust, TrustSource};
 
 /// The README's code compiles against this crate (`cargo test --doc`): its snippet cannot

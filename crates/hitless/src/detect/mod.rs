@@ -281,10 +281,7 @@ pub(crate) fn spawn(
             .spawn(move || poll_loop(rx, tracked, interval, quiet)),
         Detection::Manual | Detection::OnHandshake { .. } | Detection::Pushed => return Ok(None),
     }
-    .map_err(|e| crate::Error::Watch {
-        path: PathBuf::from("."),
-        reason: format!("cannot start the detector thread: {e}"),
-    })?;
+    .map_err(|source| crate::Error::DetectorThread { source })?;
     let thread_id = thread.thread().id();
     Ok(Some(Detector {
         tx,
