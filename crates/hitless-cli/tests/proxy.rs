@@ -54,7 +54,10 @@ struct Backend {
 
 impl Backend {
     fn start(expect_proxy: bool) -> Backend {
-        Self::on(TcpListener::bind("127.0.0.1:0").expect("bind backend"), expect_proxy)
+        Self::on(
+            TcpListener::bind("127.0.0.1:0").expect("bind backend"),
+            expect_proxy,
+        )
     }
 
     fn on(listener: TcpListener, expect_proxy: bool) -> Backend {
@@ -295,8 +298,11 @@ impl Proxy {
 fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -369,7 +375,11 @@ fn chain(server_extra: &[&str], expect_proxy: bool) -> Chain {
         "server",
         &server_args(&pki, &format!("127.0.0.1:{}", backend.port), server_extra),
     );
-    let client = Proxy::start(pki.dir.path(), "client", &client_args(&pki, server.port, &[]));
+    let client = Proxy::start(
+        pki.dir.path(),
+        "client",
+        &client_args(&pki, server.port, &[]),
+    );
     Chain {
         pki,
         backend,
@@ -408,7 +418,9 @@ fn closed_without_response(port: u16) -> bool {
     let mut raw = Vec::new();
     match s.read_to_end(&mut raw) {
         Ok(_) => raw.is_empty(),
-        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut,
+        Err(e) => {
+            e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut
+        }
     }
 }
 
@@ -444,7 +456,9 @@ fn curl_and_urllib_reach_the_backend_through_a_proxy_pair_and_sessions_resume() 
     // Six upstream handshakes: the first full, the later ones resumed (TLS 1.3 tickets).
     let client = c.client.stats();
     let full = client["upstream_handshakes"]["full"].as_u64().unwrap_or(0);
-    let resumed = client["upstream_handshakes"]["resumed"].as_u64().unwrap_or(0);
+    let resumed = client["upstream_handshakes"]["resumed"]
+        .as_u64()
+        .unwrap_or(0);
     assert_eq!(full + resumed, 6, "{client:#}");
     assert!(resumed >= 4, "sessions were not resumed: {client:#}");
     assert_eq!(client["tunnels_opened"], 6);
@@ -474,10 +488,12 @@ fn half_close_is_forwarded_and_the_reply_still_arrives() {
     s.read_to_string(&mut rest)
         .unwrap_or_else(|e| panic!("reading after half-close: {e}\n{}", c.server.log()));
     assert_eq!(rest, "last words\nBYE 17\n");
-    c.client
-        .wait_until("tunnel closed as done", |s| s["proxies"][0]["closed"]["done"] == 1);
-    c.server
-        .wait_until("tunnel closed as done", |s| s["proxies"][0]["closed"]["done"] == 1);
+    c.client.wait_until("tunnel closed as done", |s| {
+        s["proxies"][0]["closed"]["done"] == 1
+    });
+    c.server.wait_until("tunnel closed as done", |s| {
+        s["proxies"][0]["closed"]["done"] == 1
+    });
 }
 
 #[test]
@@ -497,10 +513,15 @@ fn a_trusted_client_matching_no_allow_rule_is_refused() {
         closed_without_response(c.client.port),
         "a client matching no rule got an answer"
     );
-    c.server
-        .wait_until("refusal counted", |s| s["proxies"][0]["refused"]["not_allowed"] == 1);
+    c.server.wait_until("refusal counted", |s| {
+        s["proxies"][0]["refused"]["not_allowed"] == 1
+    });
     assert_eq!(c.backend.connections(), 0, "the backend was reached");
-    assert!(c.server.log().contains("matches no --allow-* rule"), "{}", c.server.log());
+    assert!(
+        c.server.log().contains("matches no --allow-* rule"),
+        "{}",
+        c.server.log()
+    );
 
     // The same CA's client with the DNS name a rule allows gets in.
     let allowed = c
@@ -570,24 +591,39 @@ fn target_down_closes_the_connection_promptly_counts_it_and_keeps_serving() {
         "server",
         &server_args(&pki, &format!("127.0.0.1:{target_port}"), &["--allow-all"]),
     );
-    let client = Proxy::start(pki.dir.path(), "client", &client_args(&pki, server.port, &[]));
+    let client = Proxy::start(
+        pki.dir.path(),
+        "client",
+        &client_args(&pki, server.port, &[]),
+    );
     assert!(closed_without_response(client.port));
     server.wait_until("connect failure counted", |s| {
         s["proxies"][0]["connect_failures"] == 1
             && s["proxies"][0]["refused"]["target_unreachable"] == 1
     });
-    assert!(server.log().contains("cannot connect to the target"), "{}", server.log());
+    assert!(
+        server.log().contains("cannot connect to the target"),
+        "{}",
+        server.log()
+    );
     // The target comes up: the same proxies serve it.
     let backend = Backend::on(
         TcpListener::bind(("127.0.0.1", target_port)).expect("bind the target port"),
         false,
     );
-    assert_eq!(http_get(client.port, "/").unwrap(), (200, "ok cn=-\n".into()));
+    assert_eq!(
+        http_get(client.port, "/").unwrap(),
+        (200, "ok cn=-\n".into())
+    );
     assert_eq!(backend.connections(), 1);
     assert_eq!(server.count("refused", "target_unreachable"), 1);
 
     // The proxy client's own target down: counted there.
-    let lonely = Proxy::start(pki.dir.path(), "client", &client_args(&pki, free_port(), &[]));
+    let lonely = Proxy::start(
+        pki.dir.path(),
+        "client",
+        &client_args(&pki, free_port(), &[]),
+    );
     assert!(closed_without_response(lonely.port));
     lonely.wait_until("client connect failure counted", |s| {
         s["proxies"][0]["connect_failures"] == 1
@@ -600,20 +636,20 @@ fn a_revoked_client_is_refused_after_one_reload_and_its_open_tunnel_is_dropped()
     let crl = pki.path("crl.pem");
     std::fs::write(&crl, pki.ca.crl(&[], time::Duration::days(1)).pem).unwrap();
     let backend = Backend::start(false);
-    let server = Proxy::start(
+    let server = Proxy::start(pki.dir.path(), "server", &{
+        let mut a = server_args(
+            &pki,
+            &format!("127.0.0.1:{}", backend.port),
+            &["--allow-all", "--drop-untrusted"],
+        );
+        a.extend(["--crl".into(), p(&crl)]);
+        a
+    });
+    let client = Proxy::start(
         pki.dir.path(),
-        "server",
-        &{
-            let mut a = server_args(
-                &pki,
-                &format!("127.0.0.1:{}", backend.port),
-                &["--allow-all", "--drop-untrusted"],
-            );
-            a.extend(["--crl".into(), p(&crl)]);
-            a
-        },
+        "client",
+        &client_args(&pki, server.port, &[]),
     );
-    let client = Proxy::start(pki.dir.path(), "client", &client_args(&pki, server.port, &[]));
     // Two requests: the second resumes, so the client holds a ticket when the CRL changes.
     for _ in 0..2 {
         assert_eq!(http_get(client.port, "/").unwrap().0, 200);
@@ -635,7 +671,10 @@ fn a_revoked_client_is_refused_after_one_reload_and_its_open_tunnel_is_dropped()
     hitless_test_pki::write_atomic(
         &crl,
         pki.ca
-            .crl(&[pki.client.serial.clone()], time::Duration::days(1))
+            .crl(
+                std::slice::from_ref(&pki.client.serial),
+                time::Duration::days(1),
+            )
             .pem
             .as_bytes(),
     );
@@ -683,7 +722,9 @@ fn unix_sockets_on_both_plaintext_sides() {
             let mut line = String::new();
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             reader.read_line(&mut line).unwrap();
-            stream.write_all(format!("unix saw {line}").as_bytes()).unwrap();
+            stream
+                .write_all(format!("unix saw {line}").as_bytes())
+                .unwrap();
         }
     });
     let server = Proxy::start(
@@ -731,8 +772,9 @@ fn an_idle_tunnel_is_closed_after_the_idle_timeout() {
         started.elapsed(),
         c.server.log()
     );
-    c.server
-        .wait_until("idle close counted", |s| s["proxies"][0]["closed"]["idle"] == 1);
+    c.server.wait_until("idle close counted", |s| {
+        s["proxies"][0]["closed"]["idle"] == 1
+    });
 }
 
 #[test]
@@ -748,7 +790,10 @@ fn sigterm_lets_open_tunnels_finish_and_refuses_new_ones() {
         thread::sleep(POLL);
     }
     echo_round(&mut s, b"during shutdown\n").expect("the open tunnel works while draining");
-    assert!(server.guard.try_wait().is_none(), "exited with a tunnel open");
+    assert!(
+        server.guard.try_wait().is_none(),
+        "exited with a tunnel open"
+    );
     s.shutdown(Shutdown::Write).unwrap();
     let mut rest = String::new();
     let _ = s.read_to_string(&mut rest);
@@ -774,7 +819,15 @@ impl Drop for Agent {
     }
 }
 
-fn agent(pki: &Path, name: &str, kind: &str, out: &Path, layout: &str, write: &str, log: PathBuf) -> Agent {
+fn agent(
+    pki: &Path,
+    name: &str,
+    kind: &str,
+    out: &Path,
+    layout: &str,
+    write: &str,
+    log: PathBuf,
+) -> Agent {
     let mut cmd = Command::new(hitless_bin());
     cmd.args(["agent", "--dir"])
         .arg(pki)
@@ -791,7 +844,11 @@ fn agent(pki: &Path, name: &str, kind: &str, out: &Path, layout: &str, write: &s
 fn wait_for_file(path: &Path) {
     let deadline = Instant::now() + READY_TIMEOUT;
     while !path.exists() {
-        assert!(Instant::now() < deadline, "{} never written", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never written",
+            path.display()
+        );
         thread::sleep(POLL);
     }
 }
@@ -818,8 +875,24 @@ fn rotating_both_identities_under_load_fails_no_request_and_keeps_a_long_tunnel(
     // Server: one bundle rewritten in place; client: a Kubernetes ..data swap. Every 2 s.
     let srv = dir.join("srv");
     let cli = dir.join("cli");
-    let _server_agent = agent(&pki, "localhost", "server", &srv, "bundle", "in-place", dir.join("agent-srv.log"));
-    let _client_agent = agent(&pki, CLIENT_CN, "client", &cli, "k8s", "rename", dir.join("agent-cli.log"));
+    let _server_agent = agent(
+        &pki,
+        "localhost",
+        "server",
+        &srv,
+        "bundle",
+        "in-place",
+        dir.join("agent-srv.log"),
+    );
+    let _client_agent = agent(
+        &pki,
+        CLIENT_CN,
+        "client",
+        &cli,
+        "k8s",
+        "rename",
+        dir.join("agent-cli.log"),
+    );
     wait_for_file(&srv.join("identity.pem"));
     wait_for_file(&cli.join("tls.key"));
 
@@ -892,8 +965,16 @@ fn rotating_both_identities_under_load_fails_no_request_and_keeps_a_long_tunnel(
         let (s, c) = (server.status(), client.status());
         server_serials.extend(own_serial(&s));
         client_serials.extend(own_serial(&c));
-        seen_by_server.extend(s["proxies"][0]["last_peer"]["serial"].as_str().map(str::to_owned));
-        seen_by_client.extend(c["proxies"][0]["last_peer"]["serial"].as_str().map(str::to_owned));
+        seen_by_server.extend(
+            s["proxies"][0]["last_peer"]["serial"]
+                .as_str()
+                .map(str::to_owned),
+        );
+        seen_by_client.extend(
+            c["proxies"][0]["last_peer"]["serial"]
+                .as_str()
+                .map(str::to_owned),
+        );
         thread::sleep(Duration::from_millis(250));
     }
     stop.store(true, Ordering::SeqCst);
@@ -922,9 +1003,112 @@ fn rotating_both_identities_under_load_fails_no_request_and_keeps_a_long_tunnel(
         ("client certificates seen by the server", &seen_by_server),
         ("server certificates seen by the client", &seen_by_client),
     ] {
-        assert!(set.len() >= 8, "{what}: only {} serials: {set:?}", set.len());
+        assert!(
+            set.len() >= 8,
+            "{what}: only {} serials: {set:?}",
+            set.len()
+        );
     }
     // Resumption worked between rotations.
     let resumed = client.count("upstream_handshakes", "resumed");
     assert!(resumed > 0, "{:#}", client.stats());
+}
+
+#[test]
+fn verify_pins_close_connections_to_a_server_naming_none_of_them() {
+    let pki = Pki::new();
+    let backend = Backend::start(false);
+    let server = Proxy::start(
+        pki.dir.path(),
+        "server",
+        &server_args(
+            &pki,
+            &format!("127.0.0.1:{}", backend.port),
+            &["--allow-all"],
+        ),
+    );
+    let pinned = Proxy::start(
+        pki.dir.path(),
+        "client",
+        &client_args(
+            &pki,
+            server.port,
+            &[
+                "--verify-dns",
+                "api.internal",
+                "--verify-uri",
+                "spiffe://example.org/api",
+            ],
+        ),
+    );
+    assert!(
+        closed_without_response(pinned.port),
+        "a server matching no pin was used"
+    );
+    pinned.wait_until("pin refusal counted", |s| {
+        s["proxies"][0]["refused"]["server_not_allowed"] == 1
+    });
+    assert_eq!(pinned.stats()["tunnels_opened"], 0);
+    assert!(
+        pinned.log().contains("matches no --verify-* pin"),
+        "{}",
+        pinned.log()
+    );
+    // A pin the server's certificate does carry.
+    let matching = Proxy::start(
+        pki.dir.path(),
+        "client",
+        &client_args(&pki, server.port, &["--verify-dns", "LOCALHOST"]),
+    );
+    assert_eq!(
+        http_get(matching.port, "/").unwrap(),
+        (200, "ok cn=-\n".into())
+    );
+}
+
+#[test]
+fn sighup_reloads_in_manual_mode() {
+    let pki = Pki::new();
+    let backend = Backend::start(false);
+    let bundle = pki.write_bundle("server.pem", &pki.server);
+    let server = Proxy::start(
+        pki.dir.path(),
+        "server",
+        &[
+            os(&["--target", &format!("127.0.0.1:{}", backend.port)]),
+            vec!["--identity".into(), p(&bundle)],
+            vec!["--client-ca".into(), p(&pki.ca_pem)],
+            os(&["--allow-all", "--reload", "manual"]),
+        ]
+        .concat(),
+    );
+    let client = Proxy::start(
+        pki.dir.path(),
+        "client",
+        &client_args(&pki, server.port, &[]),
+    );
+    assert_eq!(http_get(client.port, "/").unwrap().0, 200);
+    let first = own_serial(&server.status()).expect("serial");
+    let renewed = pki.ca.issue(&LeafSpec::server("localhost"));
+    pki.write_bundle("server.pem", &renewed);
+    // Manual: nothing changes by itself...
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        own_serial(&server.status()).as_deref(),
+        Some(first.as_str())
+    );
+    // ...until SIGHUP.
+    send_signal(server.guard.pid(), "HUP");
+    let status = server.wait_until("new serial after SIGHUP", |s| {
+        own_serial(s).is_some_and(|serial| serial != first)
+    });
+    let now = own_serial(&status).unwrap();
+    assert_eq!(normalise_serial_hex(&now), leaf_serial_hex(&renewed));
+    // The client's next tunnel sees the new certificate (a rotation ends resumption).
+    assert_eq!(http_get(client.port, "/").unwrap().0, 200);
+    let seen = client.stats()["last_peer"]["serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(seen, now);
 }
