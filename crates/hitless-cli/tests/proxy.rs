@@ -1112,3 +1112,98 @@ fn sighup_reloads_in_manual_mode() {
         .to_owned();
     assert_eq!(seen, now);
 }
+
+#[test]
+fn one_config_file_runs_a_server_and_a_client_in_one_process() {
+    let pki = Pki::new();
+    let backend = Backend::start(true);
+    let (server_port, client_port, admin) = (free_port(), free_port(), free_port());
+    let config = pki.path("proxies.toml");
+    // Relative paths: resolved against the file's directory.
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+shutdown_timeout = "5s"
+[admin]
+listen = "127.0.0.1:{admin}"
+[[proxy]]
+name = "api-in"
+mode = "server"
+listen = "127.0.0.1:{server_port}"
+target = "127.0.0.1:{backend}"
+cert = "server.crt"
+key = "server.key"
+client_ca = ["ca.pem"]
+allow_cn = ["{CLIENT_CN}"]
+proxy_protocol = true
+[[proxy]]
+name = "api-out"
+mode = "client"
+listen = "127.0.0.1:{client_port}"
+target = "127.0.0.1:{server_port}"
+server_name = "localhost"
+cert = "client.crt"
+key = "client.key"
+ca = ["ca.pem"]
+verify_dns = ["localhost"]
+"#,
+            backend = backend.port
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(hitless_bin());
+    cmd.args(["proxy", "--config"]).arg(&config);
+    let mut proxies = Proxy {
+        guard: ServerGuard::spawn(cmd, admin, pki.path("config.log")),
+        port: client_port,
+        admin,
+    };
+    proxies.wait_healthy();
+    assert_eq!(
+        http_get(client_port, "/").unwrap(),
+        (200, format!("ok cn={CLIENT_CN}\n"))
+    );
+    let status = proxies.status();
+    let names: Vec<&str> = status["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["api-in", "api-out"]);
+    for p in status["proxies"].as_array().unwrap() {
+        assert_eq!(p["tunnels_opened"], 1, "{p:#}");
+    }
+    // Four credentials, each named after its proxy.
+    let credentials: Vec<&str> = status["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        credentials,
+        [
+            "api-in",
+            "api-in/client-trust",
+            "api-out",
+            "api-out/server-trust"
+        ]
+    );
+
+    // A misspelt key is refused before anything listens.
+    let bad = pki.path("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("allow_cn", "allow_common_name"),
+    )
+    .unwrap();
+    let mut cmd = Command::new(hitless_bin());
+    cmd.args(["proxy", "--config"]).arg(&bad);
+    let ran = run_bounded(cmd, b"", PEER_TIMEOUT);
+    assert_eq!(ran.status.and_then(|s| s.code()), Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("allow_common_name"), "{}", ran.stderr);
+}

@@ -85,7 +85,23 @@ pub struct Proxy {
 }
 
 /// Checks the flags and loads the credentials (or starts them empty, to wait for them).
-pub fn prepare(args: &Args, metrics: &Arc<Metrics>, families: &Families) -> anyhow::Result<Proxy> {
+///
+/// `name` names the proxy in status, metrics and logs (a `[[proxy]]` table's name); without one
+/// the proxy is `client` and its credentials `client` and `server-trust`.
+pub fn prepare(
+    args: &Args,
+    name: Option<&str>,
+    metrics: &Arc<Metrics>,
+    families: &Families,
+) -> anyhow::Result<Proxy> {
+    let (proxy_name, identity_name, trust_name) = match name {
+        Some(n) => (n.to_owned(), n.to_owned(), format!("{n}/server-trust")),
+        None => (
+            "client".to_owned(),
+            "client".to_owned(),
+            "server-trust".to_owned(),
+        ),
+    };
     let pins = Rules::parse(
         false,
         &args.verify_cn,
@@ -110,7 +126,7 @@ pub fn prepare(args: &Args, metrics: &Arc<Metrics>, families: &Families) -> anyh
         move |e: &hitless::Event| m.on_event(e)
     };
     let identity = ReloadingIdentity::builder(args.identity.source()?)
-        .name("client")
+        .name(identity_name)
         .role(Role::Client)
         .detection(args.reload.detection())
         .quiet_period(args.reload.quiet_period)
@@ -121,7 +137,7 @@ pub fn prepare(args: &Args, metrics: &Arc<Metrics>, families: &Families) -> anyh
         .build()
         .context("no valid client identity")?;
     let trust = ReloadingTrust::builder(args.trust.source()?)
-        .name("server-trust")
+        .name(trust_name)
         .detection(args.reload.detection())
         .quiet_period(args.reload.quiet_period)
         .allow_empty_start(waiting)
@@ -130,7 +146,7 @@ pub fn prepare(args: &Args, metrics: &Arc<Metrics>, families: &Families) -> anyh
         .context("no valid trust bundle for the server's certificate")?;
     let stats = ProxyStats::new(
         families,
-        "client",
+        &proxy_name,
         "client",
         args.listen.to_string(),
         args.target.to_string(),
@@ -208,7 +224,7 @@ impl Proxy {
                     "proxy",
                     addr,
                     limits.max_connections,
-                    self.metrics.listener("proxy"),
+                    self.metrics.listener(shared.stats.name()),
                 )
                 .with_context(|| format!("cannot listen on {addr} (--listen)"))?;
                 Ok(super::spawn_accept_loop(listener, stop, move |accepted| {

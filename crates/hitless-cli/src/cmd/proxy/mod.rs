@@ -15,6 +15,7 @@
 //! `--shutdown-timeout`.
 
 mod client;
+mod config;
 mod endpoint;
 mod observe;
 mod pp2;
@@ -37,9 +38,22 @@ use observe::{Credential, Families, Report};
 
 /// Flags of `hitless proxy`.
 #[derive(clap::Args, Debug)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:
+  hitless proxy server --listen 0.0.0.0:8443 --target 127.0.0.1:8080 \\
+      --identity identity.pem --client-ca ca.pem --allow-cn billing
+  hitless proxy client --listen 127.0.0.1:8080 --target api.internal:8443 \\
+      --identity client.pem --ca ca.pem
+  hitless proxy --config proxies.toml      (several [[proxy]] tables in one process)"
+)]
 pub struct Args {
     #[command(subcommand)]
-    mode: Mode,
+    mode: Option<Mode>,
+    /// A TOML file of `[[proxy]]` tables (servers and clients, run in one process), with
+    /// optional `[admin]` and `[reload]` tables (see docs/proxy.md).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -77,6 +91,20 @@ pub struct Common {
     pub admin_max_connections: Option<u32>,
 }
 
+impl Default for Common {
+    fn default() -> Self {
+        Common {
+            max_connections: None,
+            connect_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
+            shutdown_timeout: Duration::from_secs(10),
+            admin_listen: None,
+            admin_max_connections: None,
+        }
+    }
+}
+
 impl Common {
     fn limits(&self) -> Limits {
         let base = Limits::default();
@@ -92,8 +120,68 @@ impl Common {
     }
 }
 
-/// Runs the proxy until SIGINT or SIGTERM.
+/// One proxy to run: its flags (from the command line or a `[[proxy]]` table) and name.
+#[derive(Debug)]
+pub enum Plan {
+    /// A `proxy server`.
+    Server(server::Args, Option<String>),
+    /// A `proxy client`.
+    Client(client::Args, Option<String>),
+}
+
+impl Plan {
+    fn common(&self) -> &Common {
+        match self {
+            Plan::Server(a, _) => &a.common,
+            Plan::Client(a, _) => &a.common,
+        }
+    }
+
+    fn reload(&self) -> &crate::flags::ReloadFlags {
+        match self {
+            Plan::Server(a, _) => &a.reload,
+            Plan::Client(a, _) => &a.reload,
+        }
+    }
+}
+
+/// What the whole process runs: proxies and the process-wide settings.
+#[derive(Debug)]
+pub struct Process {
+    /// The proxies, each with its own listener.
+    pub proxies: Vec<Plan>,
+    /// The admin listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// Its connection limit.
+    pub admin_max_connections: Option<u32>,
+    /// How long open tunnels may go on after SIGINT/SIGTERM.
+    pub shutdown_timeout: Duration,
+}
+
+/// Runs the proxy (or the proxies of `--config`) until SIGINT or SIGTERM.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let process = match (args.mode, &args.config) {
+        (Some(Mode::Server(a)), _) => Process {
+            admin_listen: a.common.admin_listen,
+            admin_max_connections: a.common.admin_max_connections,
+            shutdown_timeout: a.common.shutdown_timeout,
+            proxies: vec![Plan::Server(a, None)],
+        },
+        (Some(Mode::Client(a)), _) => Process {
+            admin_listen: a.common.admin_listen,
+            admin_max_connections: a.common.admin_max_connections,
+            shutdown_timeout: a.common.shutdown_timeout,
+            proxies: vec![Plan::Client(a, None)],
+        },
+        (None, Some(path)) => config::load(path)?,
+        (None, None) => {
+            bail!("give `proxy server ...`, `proxy client ...` or `proxy --config FILE`")
+        }
+    };
+    run_process(process)
+}
+
+fn run_process(process: Process) -> anyhow::Result<ExitCode> {
     let families = Families::default();
     let metrics = Metrics::with(|registry| families.register(registry));
     // aws-lc checks once per process, on first use of its random generator, whether it runs in
@@ -102,39 +190,43 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let _ = rustls::crypto::aws_lc_rs::default_provider()
         .secure_random
         .fill(&mut warm);
-    let (common, detection, wait, prepared) = match args.mode {
-        Mode::Server(a) => {
-            let prepared = server::prepare(&a, &metrics, &families)?;
-            (
-                a.common.clone(),
-                a.reload.detection(),
-                a.reload.wait_for_credentials,
-                Prepared::Server(prepared),
-            )
-        }
-        Mode::Client(a) => {
-            let prepared = client::prepare(&a, &metrics, &families)?;
-            (
-                a.common.clone(),
-                a.reload.detection(),
-                a.reload.wait_for_credentials,
-                Prepared::Client(prepared),
-            )
-        }
-    };
+    let mut prepared = Vec::new();
+    for plan in &process.proxies {
+        let p = match plan {
+            Plan::Server(a, name) => {
+                Prepared::Server(server::prepare(a, name.as_deref(), &metrics, &families)?)
+            }
+            Plan::Client(a, name) => {
+                Prepared::Client(client::prepare(a, name.as_deref(), &metrics, &families)?)
+            }
+        };
+        prepared.push((p, plan.common().clone()));
+    }
     let report = Arc::new(Report {
         metrics,
-        credentials: prepared.credentials(),
-        proxies: vec![prepared.stats()],
+        credentials: prepared.iter().flat_map(|(p, _)| p.credentials()).collect(),
+        proxies: prepared.iter().map(|(p, _)| p.stats()).collect(),
         ready: Default::default(),
     });
+    let manual = process.proxies.iter().any(|p| {
+        matches!(
+            p.reload().detection(),
+            Detection::Manual | Detection::OnHandshake { .. }
+        )
+    });
+    let wait = process
+        .proxies
+        .iter()
+        .map(|p| p.reload().wait_for_credentials)
+        .max()
+        .unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(serve(
-        common,
-        detection,
+        &process,
+        manual,
         wait,
         report,
         prepared,
@@ -168,22 +260,26 @@ impl Prepared {
 }
 
 async fn serve(
-    common: Common,
-    detection: Detection,
+    process: &Process,
+    manual: bool,
     wait: Duration,
     report: Arc<Report>,
-    prepared: Prepared,
+    prepared: Vec<(Prepared, Common)>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<ExitCode> {
-    let limits = common
-        .limits()
-        .fitted(listen::descriptor_limit(), common.admin_listen.is_some());
+    let with_admin = process.admin_listen.is_some();
+    let admin_limits = Common {
+        admin_max_connections: process.admin_max_connections,
+        ..Common::default()
+    }
+    .limits()
+    .fitted(listen::descriptor_limit(), with_admin);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    if let Some(addr) = common.admin_listen {
+    if let Some(addr) = process.admin_listen {
         let admin = Listener::bind(
             "admin",
             addr,
-            limits.admin_max_connections,
+            admin_limits.admin_max_connections,
             report.metrics.listener("admin"),
         )
         .with_context(|| format!("cannot listen on {addr} (--admin-listen)"))?;
@@ -194,12 +290,12 @@ async fn serve(
         tokio::spawn(crate::admin::serve_admin(
             admin,
             report.clone(),
-            limits,
+            admin_limits,
             stop_rx.clone(),
         ));
     }
     spawn_sighup_reload(report.credentials.clone());
-    if matches!(detection, Detection::Manual | Detection::OnHandshake { .. }) {
+    if manual {
         // Without a detector thread nothing else announces expiry.
         let credentials = report.credentials.clone();
         tokio::spawn(async move {
@@ -246,20 +342,32 @@ async fn serve(
         }
         tracing::info!("credentials loaded");
     }
-    let running = match prepared {
-        Prepared::Server(p) => p.start(limits, &common, stop_rx.clone())?,
-        Prepared::Client(p) => p.start(limits, &common, stop_rx.clone())?,
-    };
+    let mut running = Vec::new();
+    for (p, common) in prepared {
+        // Each proxy's listener gets its own limit; the admin listener's share is kept.
+        let limits = common
+            .limits()
+            .fitted(listen::descriptor_limit(), with_admin);
+        running.push(match p {
+            Prepared::Server(p) => p.start(limits, &common, stop_rx.clone())?,
+            Prepared::Client(p) => p.start(limits, &common, stop_rx.clone())?,
+        });
+    }
     report.ready.store(true, Ordering::SeqCst);
     shutdown.await;
     stop_tx.send_replace(true);
     tracing::info!(
-        timeout = ?common.shutdown_timeout,
+        timeout = ?process.shutdown_timeout,
         "shutting down: no new connections, letting open tunnels finish"
     );
+    let drained = async {
+        for r in running {
+            r.drained().await;
+        }
+    };
     tokio::select! {
-        () = running.drained() => tracing::info!("all tunnels closed"),
-        () = tokio::time::sleep(common.shutdown_timeout) => {
+        () = drained => tracing::info!("all tunnels closed"),
+        () = tokio::time::sleep(process.shutdown_timeout) => {
             tracing::warn!("shutdown timeout reached, closing the tunnels still open");
         }
     }

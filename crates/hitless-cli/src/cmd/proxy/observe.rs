@@ -162,6 +162,11 @@ impl ProxyStats {
         })
     }
 
+    /// The proxy's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Counts a refused connection.
     pub fn refused(&self, reason: &str) {
         self.families

@@ -97,7 +97,23 @@ pub struct Proxy {
 }
 
 /// Checks the flags and loads the credentials (or starts them empty, to wait for them).
-pub fn prepare(args: &Args, metrics: &Arc<Metrics>, families: &Families) -> anyhow::Result<Proxy> {
+///
+/// `name` names the proxy in status, metrics and logs (a `[[proxy]]` table's name); without one
+/// the proxy is `server` and its credentials `server` and `client-trust`.
+pub fn prepare(
+    args: &Args,
+    name: Option<&str>,
+    metrics: &Arc<Metrics>,
+    families: &Families,
+) -> anyhow::Result<Proxy> {
+    let (proxy_name, identity_name, trust_name) = match name {
+        Some(n) => (n.to_owned(), n.to_owned(), format!("{n}/client-trust")),
+        None => (
+            "server".to_owned(),
+            "server".to_owned(),
+            "client-trust".to_owned(),
+        ),
+    };
     let rules = Rules::parse(
         args.allow_all,
         &args.allow_cn,
@@ -119,7 +135,7 @@ pub fn prepare(args: &Args, metrics: &Arc<Metrics>, families: &Families) -> anyh
         move |e: &hitless::Event| m.on_event(e)
     };
     let identity = ReloadingIdentity::builder(source)
-        .name("server")
+        .name(identity_name)
         .role(Role::Server)
         .detection(args.reload.detection())
         .quiet_period(args.reload.quiet_period)
@@ -130,7 +146,7 @@ pub fn prepare(args: &Args, metrics: &Arc<Metrics>, families: &Families) -> anyh
         .build()
         .context("no valid server identity")?;
     let trust = ReloadingTrust::builder(trust_source)
-        .name("client-trust")
+        .name(trust_name)
         .detection(args.reload.detection())
         .quiet_period(args.reload.quiet_period)
         .allow_empty_start(waiting)
@@ -139,7 +155,7 @@ pub fn prepare(args: &Args, metrics: &Arc<Metrics>, families: &Families) -> anyh
         .context("no valid client trust bundle")?;
     let stats = ProxyStats::new(
         families,
-        "server",
+        &proxy_name,
         "server",
         args.listen.to_string(),
         args.target.to_string(),
@@ -203,7 +219,7 @@ impl Proxy {
             "proxy",
             self.listen,
             limits.max_connections,
-            self.metrics.listener("proxy"),
+            self.metrics.listener(self.stats.name()),
         )
         .with_context(|| format!("cannot listen on {} (--listen)", self.listen))?;
         let local = listener.local_addr().context("listener has no address")?;
