@@ -993,6 +993,14 @@ fn rotating_both_identities_under_load_fails_no_request_and_keeps_a_long_tunnel(
         server.log(),
         client.log()
     );
+    eprintln!(
+        "rotation under load: {ok} requests, 0 failed; {} server and {} client serials; \
+         the server saw {} client certificates, the client {} server certificates",
+        server_serials.len(),
+        client_serials.len(),
+        seen_by_server.len(),
+        seen_by_client.len()
+    );
     assert!(ok >= 200, "only {ok} requests");
     let lines = lines.unwrap_or_else(|e| panic!("the long tunnel broke: {e}\n{}", server.log()));
     assert!(lines >= 100, "only {lines} lines through the long tunnel");

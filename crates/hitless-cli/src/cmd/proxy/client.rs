@@ -351,6 +351,7 @@ async fn handle(shared: Arc<Shared>, mut local: Plain, peer: String) {
         tunnel::Ended::Idle => {
             stats.closed("idle");
             tracing::info!(%peer, "tunnel closed: idle");
+            let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
         }
         tunnel::Ended::Failed(e) => {
             stats.closed("failed");

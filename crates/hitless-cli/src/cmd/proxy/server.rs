@@ -363,20 +363,24 @@ async fn handle(shared: Arc<Shared>, accepted: Accepted) {
             }
         }
     };
-    tokio::select! {
+    // Whether the proxy ends the tunnel itself (and says so to the client: close_notify).
+    let cut = tokio::select! {
         ended = tunnel => match ended {
             tunnel::Ended::Done(up, down) => {
                 stats.closed("done");
                 tracing::debug!(%peer, up, down, "tunnel closed");
+                false
             }
             tunnel::Ended::Idle => {
                 stats.closed("idle");
                 slot.timed_out("idle");
                 tracing::info!(%peer, "tunnel closed: idle");
+                true
             }
             tunnel::Ended::Failed(e) => {
                 stats.closed("failed");
                 tracing::debug!(%peer, "tunnel failed: {e}");
+                false
             }
         },
         reason = untrusted => {
@@ -386,7 +390,11 @@ async fn handle(shared: Arc<Shared>, accepted: Accepted) {
                 client = %names.describe(),
                 "closing open tunnel: the new trust refuses its client certificate: {reason}"
             );
+            true
         }
+    };
+    if cut {
+        close(tls).await;
     }
 }
 
