@@ -1215,3 +1215,35 @@ verify_dns = ["localhost"]
     assert_eq!(ran.status.and_then(|s| s.code()), Some(1), "{ran:?}");
     assert!(ran.stderr.contains("allow_common_name"), "{}", ran.stderr);
 }
+
+#[test]
+fn max_connections_holds_new_tunnels_back_until_one_closes() {
+    let c = chain(&["--allow-all", "--max-connections", "1"], false);
+    let mut first = open_echo(c.client.port);
+    // A second tunnel: the server does not accept it while the first is open.
+    let port = c.client.port;
+    let second = thread::spawn(move || http_get(port, "/"));
+    let deadline = Instant::now() + CHANGE_TIMEOUT;
+    loop {
+        let (_, metrics) = http_get(c.server.admin, "/metrics").unwrap();
+        if metrics.contains("hitless_listener_limit_reached_total{listener=\"server\"} 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the limit was never reached\n{metrics}"
+        );
+        thread::sleep(POLL);
+    }
+    assert!(!second.is_finished(), "a second tunnel got through at once");
+    assert_eq!(c.server.stats()["tunnels_open"], 1);
+    // The first closes: the second goes through.
+    first.shutdown(Shutdown::Write).unwrap();
+    let mut rest = String::new();
+    let _ = first.read_to_string(&mut rest);
+    drop(first);
+    assert_eq!(
+        second.join().unwrap().unwrap(),
+        (200, "ok cn=-\n".to_string())
+    );
+}
