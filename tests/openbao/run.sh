@@ -9,6 +9,10 @@
 #   CALL_DURATION (default 100 s): at least 3 real re-renders of each identity.
 #   Then a client certificate is revoked in OpenBao, the CRL fetched into crl.pem, and a copy of
 #   the revoked identity must be refused while the freshly rendered one is accepted.
+#   The proxied path, concurrently: a plaintext HTTP backend behind `hitless proxy server`
+#   (server/identity.pem, ca.pem, crl.pem), reached through `hitless proxy client`
+#   (client/identity.pem) by curl in plaintext, 0 failed requests across the same rotations;
+#   the revoked copy is refused by the proxy server too.
 #
 # Usage:  tests/openbao/run.sh
 # Environment:
@@ -121,7 +125,8 @@ die() {
 
 dump_logs() {
     local f
-    for f in bao.log agent.log serve.log call-new.err call-keep.err; do
+    for f in bao.log agent.log serve.log call-new.err call-keep.err proxy-server.log \
+        proxy-client.log proxy-revoked.log; do
         if [[ -s "$work/$f" ]]; then
             echo "----- last lines of $f -----"
             tail -n 40 "$work/$f"
@@ -218,7 +223,8 @@ mkdir -p server client oneline approle
 
 # Free loopback ports: OpenBao's dev server also listens on PORT+1 (cluster), so that one must
 # be free too; all held open together so they differ.
-read -r bao_port tls_port admin_port < <(python3 - <<'EOF'
+read -r bao_port tls_port admin_port px_server_port px_server_admin px_client_port \
+    px_client_admin backend_port < <(python3 - <<'EOF'
 import socket
 held, out = [], []
 def grab():
@@ -230,7 +236,7 @@ while not out:
         t.bind(("127.0.0.1", p + 1)); held.append(t); out.append(p)
     except OSError:
         t.close()
-out += [grab(), grab()]
+out += [grab() for _ in range(7)]
 print(*out)
 EOF
 )
@@ -460,6 +466,40 @@ hitless_inspect_oneline() {
 }
 check "hitless inspect warns about the one-line template's file" hitless_inspect_oneline
 
+# --- the proxied path: backend <- proxy server <= mTLS => proxy client <- curl -------------------
+mkdir -p backend
+echo "hello through the proxies" >backend/index.html
+python3 -m http.server "$backend_port" --bind 127.0.0.1 --directory backend >backend.log 2>&1 &
+pids+=("$!")
+RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1 "$HITLESS_BIN" proxy server \
+    --listen "127.0.0.1:$px_server_port" --target "127.0.0.1:$backend_port" \
+    --identity server/identity.pem --client-ca ca.pem --crl crl.pem \
+    --allow-cn hitless-client --drop-untrusted \
+    --admin-listen "127.0.0.1:$px_server_admin" >/dev/null 2>proxy-server.log &
+pids+=("$!")
+RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1 "$HITLESS_BIN" proxy client \
+    --listen "127.0.0.1:$px_client_port" --target "127.0.0.1:$px_server_port" \
+    --server-name localhost --identity client/identity.pem --ca ca.pem \
+    --admin-listen "127.0.0.1:$px_client_admin" >/dev/null 2>proxy-client.log &
+pids+=("$!")
+healthy() { [[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$1/healthz")" == 200 ]]; }
+wait_until 30 "proxy server /healthz 200" healthy "$px_server_admin" || die "hitless proxy server did not become ready"
+wait_until 30 "proxy client /healthz 200" healthy "$px_client_admin" || die "hitless proxy client did not become ready"
+proxied_get() { curl -fsS --max-time 10 "http://127.0.0.1:${1:-$px_client_port}/index.html"; }
+proxied_ok() { [[ "$(proxied_get "$@" 2>/dev/null)" == "hello through the proxies" ]]; }
+check "a plaintext request through proxy client and proxy server reaches the backend" proxied_ok
+# `proxies[0].last_peer.serial` of a proxy's /status: the other side's certificate it last saw.
+proxy_peer_serial() {
+    curl -fsS --max-time 5 "http://127.0.0.1:$1/status" | python3 -c '
+import json, sys
+print((json.load(sys.stdin)["proxies"][0].get("last_peer") or {}).get("serial") or "")'
+}
+proxy_count() { # proxy_count ADMIN MAP KEY
+    curl -fsS --max-time 5 "http://127.0.0.1:$1/status" | python3 -c '
+import json, sys
+print(json.load(sys.stdin)["proxies"][0][sys.argv[1]].get(sys.argv[2], 0))' "$2" "$3"
+}
+
 # --- the two long calls, concurrently ----------------------------------------------------------
 NO_COLOR=1 "$HITLESS_BIN" call "$url" --identity client/identity.pem --ca ca.pem \
     --duration "$CALL_DURATION" --rate 20 --json >call-new.json 2>call-new.err &
@@ -470,13 +510,32 @@ NO_COLOR=1 "$HITLESS_BIN" call "$url" --identity client/identity.pem --ca ca.pem
 call_keep=$!
 pids+=("$call_keep")
 log "calling $url for $CALL_DURATION: one call with a new handshake per request, one --keep-alive"
+# Plaintext load through the proxies for as long: a curl every 200 ms.
+: >proxied-ok
+: >proxied-failed
+(
+    while kill -0 "$call_new" 2>/dev/null; do
+        if out="$(proxied_get 2>&1)" && [[ "$out" == "hello through the proxies" ]]; then
+            echo ok >>proxied-ok
+        else
+            echo "$(date +%T) $out" >>proxied-failed
+        fi
+        sleep 0.2
+    done
+) &
+proxied_load=$!
+pids+=("$proxied_load")
 
 # Meanwhile, every second: what the agent has rendered and what /status serves.
 : >file-serials-server
 : >file-serials-client
 : >file-fingerprints-server
 : >status-samples
+: >proxy-server-saw
+: >proxy-client-saw
 while kill -0 "$call_new" 2>/dev/null || kill -0 "$call_keep" 2>/dev/null; do
+    proxy_peer_serial "$px_server_admin" >>proxy-server-saw 2>/dev/null || true
+    proxy_peer_serial "$px_client_admin" >>proxy-client-saw 2>/dev/null || true
     file_serial server/identity.pem >>file-serials-server
     file_serial client/identity.pem >>file-serials-client
     file_fingerprint server/identity.pem >>file-fingerprints-server
@@ -537,6 +596,27 @@ n_degraded="$(awk '$9 != "ok"' status-samples | grep -c . || true)"
 log "/status identity state was not \"ok\" in $n_degraded of $n_samples one-second samples" \
     "($(awk '$9 != "ok" {print $9}' status-samples | sort | uniq -c | tr '\n' ' '))"
 check "no failed identity reload with the real agent (reloads_failed=$id_failed)" test "$id_failed" = 0
+
+# --- the proxied path under the same rotations -----------------------------------------------------
+wait "$proxied_load" 2>/dev/null || true
+n_proxied_ok="$(grep -c . proxied-ok || true)"
+n_proxied_failed="$(grep -c . proxied-failed || true)"
+log "proxied requests: $n_proxied_ok ok, $n_proxied_failed failed $(head -n 3 proxied-failed | tr '\n' ' ')"
+check "proxied plaintext requests: 0 failed" test "$n_proxied_failed" = 0
+check "proxied plaintext requests made ($n_proxied_ok)" test "$n_proxied_ok" -gt 100
+for side in server client; do
+    while read -r s; do norm_hex <<<"$s"; echo; done <"proxy-$side-saw" | grep . | sort -u >"proxy-$side-saw-serials" || true
+done
+n_ps="$(grep -c . proxy-server-saw-serials || true)"
+n_pc="$(grep -c . proxy-client-saw-serials || true)"
+check "proxy server saw the client certificate change at least 3 times ($n_ps serials, need >= 4)" \
+    test "$n_ps" -ge 4
+check "proxy client saw the server certificate change at least 3 times ($n_pc serials, need >= 4)" \
+    test "$n_pc" -ge 4
+check "every client serial the proxy server saw is one the agent rendered" \
+    subset proxy-server-saw-serials file-serials-client
+check "every server serial the proxy client saw is one the agent rendered" \
+    subset proxy-client-saw-serials file-serials-server
 check "no failed trust reload (reloads_failed=$trust_failed)" test "$trust_failed" = 0
 
 # --- revocation --------------------------------------------------------------------------------
@@ -588,12 +668,38 @@ revoked_metric="$(grep -i 'handshake' <<<"$metrics" | grep -i 'revoked' | head -
 log "server metrics mentioning revocation: ${revoked_metric:-none}"
 check "the server counts the refusal as a revoked client certificate (/metrics)" test -n "$revoked_metric"
 
+# The proxy server read the same CRL: a proxy client with the revoked copy is refused there.
+proxy_trust_revoked() {
+    curl -fsS --max-time 5 "http://127.0.0.1:$px_server_admin/status" | python3 -c '
+import json, sys
+t = [c for c in json.load(sys.stdin)["credentials"] if c["kind"] == "trust"][0]
+sys.exit(0 if sum(c.get("revoked", 0) for c in t.get("crls") or []) >= 1 else 1)'
+}
+check "the proxy server picked up the new CRL" wait_until 20 "proxy /status shows the new CRL" proxy_trust_revoked
+px_revoked_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+RUST_LOG=info NO_COLOR=1 "$HITLESS_BIN" proxy client \
+    --listen "127.0.0.1:$px_revoked_port" --target "127.0.0.1:$px_server_port" \
+    --server-name localhost --identity revoked-client.pem --ca ca.pem >/dev/null 2>proxy-revoked.log &
+pids+=("$!")
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_until 30 "the revoked proxy client listens" port_open "$px_revoked_port" ||
+    fail "the proxy client with the revoked copy did not start"
+not_proxied() { ! proxied_get "$1" >/dev/null 2>&1; }
+check "a request through a proxy client with the revoked copy is refused" not_proxied "$px_revoked_port"
+px_revoked_count="$(proxy_count "$px_server_admin" refused revoked || echo 0)"
+check "the proxy server counts the refusal as revoked (/status refused.revoked = $px_revoked_count)" \
+    test "$px_revoked_count" -ge 1
+
 fresh_client() { local s; s="$(file_serial client/identity.pem)"; [[ -n "$s" && "$s" != "$revoked_serial" ]]; }
 if wait_until 40 "the agent renders a client identity after the revoked one" fresh_client; then
     fresh_serial="$(file_serial client/identity.pem)"
     check "the freshly rendered client identity ($fresh_serial) is accepted" call_once fresh client/identity.pem
     seen="$(python3 -c 'import json; print(" ".join(json.load(open("fresh.json"))["client_serials_seen_by_server"]))' 2>/dev/null || true)"
     check "the server saw the fresh client serial" test "$(norm_hex <<<"$seen")" = "$fresh_serial"
+    # The proxy client presented the revoked identity too (the agent had not renewed it yet):
+    # once it reloads the fresh one, the proxied path works again.
+    check "the proxied path works again with the freshly rendered client identity" \
+        wait_until 20 "a proxied request is accepted" proxied_ok
 else
     fail "the agent rendered no client identity after the revoked one within 40s"
 fi

@@ -127,7 +127,14 @@ impl Metrics {
     /// New metrics; hand [`Metrics::on_event`] to every credential builder (`on_event`) so that
     /// the initial load and anything announced during `build` are counted too.
     pub fn new() -> Arc<Metrics> {
+        Self::with(|_| {})
+    }
+
+    /// New metrics, with more registered by `register` (e.g. `proxy`'s) under the same
+    /// `hitless_` prefix and served on the same `/metrics`.
+    pub fn with(register: impl FnOnce(&mut Registry)) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("hitless");
+        register(&mut registry);
         let m = Metrics {
             reloads: Family::default(),
             events: Family::default(),
@@ -291,7 +298,8 @@ impl Metrics {
             .inc();
     }
 
-    fn set_credential(&self, status: &Status) {
+    /// Sets the gauges of one credential (generation, expiry, last reload) from its status.
+    pub fn set_credential(&self, status: &Status) {
         let labels = CredentialLabels {
             credential: status.name.clone(),
         };
@@ -304,6 +312,17 @@ impl Metrics {
         if let Some(t) = status.loaded_at {
             self.last_reload.get_or_create(&labels).set(unix(t));
         }
+    }
+}
+
+impl Metrics {
+    /// Every metric as OpenMetrics text (set the credential gauges first).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
     }
 }
 
@@ -400,66 +419,13 @@ impl Observed {
         let mut worst = Health::Ok;
         let mut credentials = Vec::new();
         for (status, current) in self.identities.members() {
-            let health = status.health(now);
+            let (v, health) = identity_json(&status, current.as_deref(), now);
             worst = worst.max(health);
-            let mut v = common(&status, health, now);
-            v["kind"] = json!("identity");
-            if let Some(c) = current {
-                let leaf = c.value.leaf();
-                v["sources"] = json!(c.sources);
-                v["fingerprint"] = json!(leaf.fingerprint);
-                v["subject"] = json!(leaf.subject);
-                v["issuer"] = json!(leaf.issuer);
-                v["serial"] = json!(leaf.serial);
-                v["dns_names"] = json!(leaf.dns_names);
-                v["ip_addresses"] = json!(leaf.ip_addresses);
-                v["key_type"] = json!(leaf.key_type);
-                v["chain_length"] = json!(c.value.chain().len());
-                v["seconds_to_expiry"] = json!(seconds_between(now, leaf.not_after));
-            }
             credentials.push(v);
         }
         if let Some(trust) = &self.trust {
-            let status = trust.status();
-            let health = status.health(now);
+            let (v, health) = trust_json(trust, now);
             worst = worst.max(health);
-            let mut v = common(&status, health, now);
-            v["kind"] = json!("trust");
-            if let Some(c) = trust.current() {
-                v["sources"] = json!(c.sources);
-                v["fingerprint"] = json!(c.value.fingerprint());
-                v["cas"] = c
-                    .value
-                    .cas()
-                    .iter()
-                    .map(|ca| {
-                        json!({
-                            "subject": ca.subject,
-                            "fingerprint": ca.fingerprint,
-                            "not_after": rfc3339(ca.not_after),
-                        })
-                    })
-                    .collect();
-                let crl_json = |crl: &hitless::CrlInfo| {
-                    json!({
-                        "file": crl.path,
-                        "issuer": crl.issuer,
-                        "number": crl.number,
-                        "this_update": rfc3339(crl.this_update),
-                        "next_update": crl.next_update.map(rfc3339),
-                        "revoked": crl.revoked,
-                        "verified_by": crl.verified_by,
-                    })
-                };
-                v["crls"] = c.value.crls().iter().map(crl_json).collect();
-                v["superseded_crls"] = c.value.superseded_crls().iter().map(crl_json).collect();
-                v["non_ca_anchors"] = c
-                    .value
-                    .non_ca_anchors()
-                    .iter()
-                    .map(|ca| json!({ "subject": ca.subject, "fingerprint": ca.fingerprint }))
-                    .collect();
-            }
             credentials.push(v);
         }
         json!({
@@ -478,11 +444,7 @@ impl Observed {
         if let Some(t) = &self.trust {
             self.metrics.set_credential(&t.status());
         }
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.metrics.registry).is_err() {
-            out.clear();
-        }
-        out
+        self.metrics.encode()
     }
 
     /// Answers `/healthz`, `/status` and `/metrics`; `None` for any other path.
@@ -509,6 +471,75 @@ impl Observed {
             _ => return None,
         })
     }
+}
+
+/// One identity's `/status` entry and its health.
+pub fn identity_json(
+    status: &Status,
+    current: Option<&hitless::Snapshot<hitless::Identity>>,
+    now: SystemTime,
+) -> (Value, Health) {
+    let health = status.health(now);
+    let mut v = common(status, health, now);
+    v["kind"] = json!("identity");
+    if let Some(c) = current {
+        let leaf = c.value.leaf();
+        v["sources"] = json!(c.sources);
+        v["fingerprint"] = json!(leaf.fingerprint);
+        v["subject"] = json!(leaf.subject);
+        v["issuer"] = json!(leaf.issuer);
+        v["serial"] = json!(leaf.serial);
+        v["dns_names"] = json!(leaf.dns_names);
+        v["ip_addresses"] = json!(leaf.ip_addresses);
+        v["key_type"] = json!(leaf.key_type);
+        v["chain_length"] = json!(c.value.chain().len());
+        v["seconds_to_expiry"] = json!(seconds_between(now, leaf.not_after));
+    }
+    (v, health)
+}
+
+/// A trust bundle's `/status` entry and its health.
+pub fn trust_json(trust: &ReloadingTrust, now: SystemTime) -> (Value, Health) {
+    let status = trust.status();
+    let health = status.health(now);
+    let mut v = common(&status, health, now);
+    v["kind"] = json!("trust");
+    if let Some(c) = trust.current() {
+        v["sources"] = json!(c.sources);
+        v["fingerprint"] = json!(c.value.fingerprint());
+        v["cas"] = c
+            .value
+            .cas()
+            .iter()
+            .map(|ca| {
+                json!({
+                    "subject": ca.subject,
+                    "fingerprint": ca.fingerprint,
+                    "not_after": rfc3339(ca.not_after),
+                })
+            })
+            .collect();
+        let crl_json = |crl: &hitless::CrlInfo| {
+            json!({
+                "file": crl.path,
+                "issuer": crl.issuer,
+                "number": crl.number,
+                "this_update": rfc3339(crl.this_update),
+                "next_update": crl.next_update.map(rfc3339),
+                "revoked": crl.revoked,
+                "verified_by": crl.verified_by,
+            })
+        };
+        v["crls"] = c.value.crls().iter().map(crl_json).collect();
+        v["superseded_crls"] = c.value.superseded_crls().iter().map(crl_json).collect();
+        v["non_ca_anchors"] = c
+            .value
+            .non_ca_anchors()
+            .iter()
+            .map(|ca| json!({ "subject": ca.subject, "fingerprint": ca.fingerprint }))
+            .collect();
+    }
+    (v, health)
 }
 
 fn common(status: &Status, health: Health, now: SystemTime) -> Value {
@@ -542,11 +573,24 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// What an admin listener serves: `/healthz`, `/status`, `/metrics` of one process (`serve`'s
+/// [`Observed`], `proxy`'s own report).
+pub trait Endpoints: Send + Sync + 'static {
+    /// The response for `path`; `None` for an unknown path.
+    fn respond(&self, path: &str) -> Option<hyper::Response<Body>>;
+}
+
+impl Endpoints for Observed {
+    fn respond(&self, path: &str) -> Option<hyper::Response<Body>> {
+        Observed::respond(self, path)
+    }
+}
+
 /// Serves `/healthz`, `/status` and `/metrics` over plain HTTP/1.1 on `listener`, with the
 /// limits and timeouts of `limits`, until `shutdown` turns true.
-pub async fn serve_admin(
+pub async fn serve_admin<E: Endpoints>(
     mut listener: Listener,
-    observed: Arc<Observed>,
+    observed: Arc<E>,
     limits: Limits,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {

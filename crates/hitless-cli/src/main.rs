@@ -2,10 +2,12 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod allow;
 mod client;
 mod cmd;
 mod config;
 mod files;
+mod flags;
 mod http;
 mod listen;
 mod load;
@@ -52,6 +54,10 @@ enum Command {
     /// The whole system live in one command: dev CA, rotating agents, mTLS server, clients,
     /// prober, CA rotation, revocation and bad writes; exit 0 only if nothing failed.
     Demo(cmd::demo::Args),
+    /// A TLS sidecar: `proxy server` terminates mutual TLS and forwards admitted clients to a
+    /// plaintext target; `proxy client` carries local plaintext over mutual TLS; both reload
+    /// identities, trust and CRLs with no restart.
+    Proxy(cmd::proxy::Args),
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (the data guarded in
@@ -84,6 +90,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => cmd::agent::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Demo(args) => cmd::demo::run(args, cli.log_format),
+        Command::Proxy(args) => cmd::proxy::run(args),
     };
     match result {
         Ok(code) => code,

@@ -6,4 +6,5 @@ pub mod call;
 pub mod demo;
 pub mod inspect;
 pub mod probe;
+pub mod proxy;
 pub mod serve;
