@@ -222,7 +222,10 @@ mod reload;
 mod rustls;
 mod snapshot;
 mod source;
+mod spiffe_id;
 mod trust;
+#[cfg(feature = "spiffe")]
+mod workload_api;
 
 #[cfg(feature = "tokio")]
 pub use crate::rustls::TlsAcceptor;
@@ -240,4 +243,7 @@ pub use error::Error;
 pub use identity::{CertInfo, Identity, Role};
 pub use snapshot::{Event, EventCallback, Health, LastError, Snapshot, Status};
 pub use source::{read_credential_file, IdentitySource, Password};
+pub use spiffe_id::{InvalidSpiffeId, SpiffeId, SpiffeIdMatcher};
 pub use trust::{CrlInfo, Trust, TrustSource};
+#[cfg(feature = "spiffe")]
+pub use workload_api::{SvidError, WorkloadApiStatus};
