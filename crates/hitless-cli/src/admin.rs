@@ -514,7 +514,7 @@ impl Observed {
 fn common(status: &Status, health: Health, now: SystemTime) -> Value {
     json!({
         "name": status.name,
-        "detection": status.detection,
+        "detection": status.detection.name(),
         "generation": status.generation,
         "state": health.as_str(),
         "not_before": status.not_before.map(rfc3339),

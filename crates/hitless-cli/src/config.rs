@@ -203,20 +203,20 @@ impl Default for ReloadConfig {
 }
 
 fn default_poll_interval() -> Duration {
-    hitless::detect::DEFAULT_POLL_INTERVAL
+    hitless::Detection::DEFAULT_POLL_INTERVAL
 }
 
 fn default_quiet_period() -> Duration {
-    hitless::detect::DEFAULT_QUIET_PERIOD
+    hitless::Detection::DEFAULT_QUIET_PERIOD
 }
 
 fn default_on_handshake_ttl() -> Duration {
-    hitless::detect::DEFAULT_ON_HANDSHAKE_TTL
+    hitless::Detection::DEFAULT_ON_HANDSHAKE_TTL
 }
 
 /// The library's default: one third of the lifetime, when agents renew.
 fn default_expiring_soon() -> f64 {
-    1.0 / 3.0
+    hitless::Status::DEFAULT_EXPIRING_SOON
 }
 
 /// `reload.mode`.

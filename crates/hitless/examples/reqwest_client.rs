@@ -3,7 +3,7 @@
 //!
 //! reqwest takes one fixed `rustls::ClientConfig` (`tls_backend_preconfigured`). The reloading
 //! goes *inside* it: a [`ClientIdentityResolver`] presents the current client certificate at
-//! each handshake and a [`ReloadingServerVerifier`] checks servers against the current CA
+//! each handshake and a [`ReloadingServerCertVerifier`] checks servers against the current CA
 //! bundle and CRLs. Both cost one atomic load per handshake.
 //!
 //! ```sh
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hitless::{
-    ClientIdentityResolver, IdentitySource, ReloadingIdentity, ReloadingServerVerifier,
+    ClientIdentityResolver, IdentitySource, ReloadingIdentity, ReloadingServerCertVerifier,
     ReloadingTrust, TrustSource,
 };
 
@@ -46,7 +46,7 @@ pub fn tls_config(identity: &Path, ca: &Path) -> Result<rustls::ClientConfig, hi
         // `dangerous` only because the verifier is not rustls' own: it runs rustls' WebPKI
         // verifier, built from the current CA bundle and CRLs, with full name checks.
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ReloadingServerVerifier::new(trust)))
+        .with_custom_certificate_verifier(Arc::new(ReloadingServerCertVerifier::new(trust)))
         .with_client_cert_resolver(Arc::new(ClientIdentityResolver::new(vec![identity])));
     // reqwest sets ALPN only on configurations it builds itself.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

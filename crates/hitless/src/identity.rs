@@ -28,6 +28,9 @@ use x509_parser::public_key::PublicKey;
 use crate::source::pem::Sections;
 use crate::{Error, IdentitySource};
 
+mod loader;
+pub(crate) use loader::IdentityLoader;
+
 /// Facts about one X.509 certificate, for status pages, logs and selection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -231,7 +234,7 @@ impl Identity {
     /// server would (`hitless inspect`); nothing is watched.
     pub fn load(source: &IdentitySource, role: Role) -> Result<Identity, Error> {
         let rules = Validation::with_default_provider(role)?;
-        crate::credential::IdentityLoader::new(source.clone(), rules).load_once()
+        IdentityLoader::new(source.clone(), rules).load_once()
     }
 
     /// Validates PEM certificates and a key: `cert_pem` read from `cert_path`, `key_pem` from

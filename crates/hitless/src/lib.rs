@@ -63,9 +63,10 @@
 //! |---|---|
 //! | `tokio_rustls_server.rs` | the plain accept loop every other server is built on |
 //! | `axum_mtls.rs` | axum 0.8 with a reloading identity *and* reloading client-CA verification |
+//! | `axum_server_mtls.rs` | axum-server (which owns its accept loop): `RustlsConfig::reload_from_config` driven by [`ReloadingServerConfig::subscribe`] |
 //! | `tonic_mtls.rs` | a tonic gRPC server and client, both with reloading mutual TLS |
 //! | `hyper_client.rs` | a hyper-util client whose connector follows a [`ReloadingClientConfig`] |
-//! | `reqwest_client.rs` | reqwest with one fixed `ClientConfig` that reloads inside ([`ClientIdentityResolver`], [`ReloadingServerVerifier`]) |
+//! | `reqwest_client.rs` | reqwest with one fixed `ClientConfig` that reloads inside ([`ClientIdentityResolver`], [`ReloadingServerCertVerifier`]) |
 //!
 //! ## Design
 //!
@@ -84,7 +85,7 @@
 //! 4. **detection** ([`Detection`]): *when* to look at the files again; it only ever says "look
 //!    again", on a background thread (or inline, at most once per TTL, in `on-handshake` mode).
 //! 5. **rustls adapters**: [`IdentityResolver`] and [`SniResolver`] (servers),
-//!    [`ClientIdentityResolver`] (clients), [`ReloadingServerVerifier`], and whole
+//!    [`ClientIdentityResolver`] (clients), [`ReloadingServerCertVerifier`], and whole
 //!    configurations that follow a trust bundle ([`ReloadingServerConfig`],
 //!    [`ReloadingClientConfig`]). They read snapshots; they never touch the disk.
 //!
@@ -92,6 +93,17 @@
 //! [`ReloadingTrust`]) tie a source, its snapshot and its detector together. They are cheap to
 //! clone; the detector runs while any clone, resolver or configuration made from it is alive,
 //! and its thread is stopped and joined when the last one is dropped.
+//!
+//! ## Sources that are not files
+//!
+//! A source that knows when it has something new (the SPIFFE Workload API stream, an ACME
+//! client) needs no detector: [`ReloadingIdentity::pushed`] and [`ReloadingTrust::pushed`]
+//! return the ordinary handle and a publisher ([`IdentityPublisher`], [`TrustPublisher`]) that
+//! the source keeps. Each value it publishes goes through stages 2 to 5 above exactly as a
+//! file's contents do (content hash, validation, snapshot, generation, events, status), a
+//! refused one is reported while the last good value keeps serving, and `report_outage` shows
+//! a broken stream in [`Status::outage`] without replacing anything. The handles work with
+//! every configuration and resolver; the handshake path does not change.
 //!
 //! ## Guarantees
 //!
@@ -123,7 +135,7 @@
 //! rebuilt on every reload. [`ReloadingServerConfig::current`] and
 //! [`ReloadingClientConfig::current`] are one atomic load and one `Arc` clone per connection.
 //! [`ClientIdentityResolver`] is one atomic load per identity it considers;
-//! [`ReloadingServerVerifier`] is one atomic load in front of the WebPKI verification rustls
+//! [`ReloadingServerCertVerifier`] is one atomic load in front of the WebPKI verification rustls
 //! does anyway. Measured against static rustls by the `hitless-bench` crate of this
 //! repository (in-memory handshakes, interleaved rounds, with and without a rotation every
 //! 100 ms).
@@ -182,16 +194,44 @@
 //! Every credential announces what happens to it as an [`Event`]: `Reloaded` (a new
 //! generation is served), `ReloadFailed` (input refused, the last good value keeps serving),
 //! `ExpiringSoon` (less than a third of the lifetime left, by default, and no renewal yet) and
-//! `Expired`. Subscribe with the builders' `on_event` or with `subscribe`; callbacks run on the
+//! `Expired`; a pushed credential also `SourceOutage` and `SourceRestored`. Subscribe with the
+//! builders' `on_event` or with `subscribe`; callbacks run on the
 //! thread that did the reload (the detector, the caller of `reload()`, or in `on-handshake`
 //! mode the handshake, or for a trust bundle the short-lived reload thread), so keep them
 //! short. Expiry is announced by the detector's timer in
-//! `watch` and `poll` modes; call `check_expiry` in the others.
+//! `watch` and `poll` modes, by the publisher of a pushed credential on each value; call
+//! `check_expiry` in the others. The configurations have the same mechanism one level up:
+//! [`ReloadingServerConfig::subscribe`] and [`ReloadingClientConfig::subscribe`] hand over every
+//! new configuration as a [`ConfigChange`] (for frameworks that hold one `Arc<ServerConfig>`,
+//! such as axum-server's `RustlsConfig::reload_from_config`).
 //!
 //! [`Status`] is what a status page shows: generation, load time, last check, last error,
 //! counters and the validity of what is served; [`Status::health`] condenses it to a
 //! [`Health`] (`ok`, `degraded`, `expired`). Errors are one type, [`Error`], each variant
 //! naming the file and the reason.
+//!
+//! ## Public items
+//!
+//! - **Build a server or a client** (the recommended way): [`ReloadingServerConfig`] with its
+//!   [`ServerConfigBuilder`] and [`ServedIdentities`]; [`ReloadingClientConfig`] with its
+//!   [`ClientConfigBuilder`]; with feature `tokio`, [`TlsAcceptor`]. Each hands every new
+//!   configuration to `subscribe` as a [`ConfigChange`].
+//! - **Credentials**: [`ReloadingIdentity`] ([`IdentityBuilder`]), [`ServerIdentities`]
+//!   ([`ServerIdentitiesBuilder`], [`MemberOptions`]), [`ReloadingTrust`] ([`TrustBuilder`]);
+//!   where they come from: [`IdentitySource`], [`TrustSource`], [`Password`]; how changes are
+//!   noticed: [`Detection`] (with its defaults and limits as constants,
+//!   [`Detection::DEFAULT_POLL_INTERVAL`], ...); the outcome of `reload()`: [`Reload`].
+//! - **Extend** with sources that are not files: [`ReloadingIdentity::pushed`]
+//!   ([`PushedIdentityBuilder`], [`IdentityPublisher`]), [`ReloadingTrust::pushed`]
+//!   ([`PushedTrustBuilder`], [`TrustPublisher`]).
+//! - **Validated values**: [`Identity`] (and [`Role`]), [`Trust`], [`CertInfo`], [`CrlInfo`],
+//!   held in a [`Snapshot`]; one-shot loading: [`Identity::load`], [`read_credential_file`].
+//! - **Observe**: [`Status`] (with [`Status::DEFAULT_EXPIRING_SOON`]), [`Health`],
+//!   [`LastError`], [`Outage`], [`Event`] (the builders' `on_event`, the handles' `subscribe`);
+//!   errors: [`Error`].
+//! - **rustls adapters for configurations built by hand** (only the credential reloads, not
+//!   the configuration: prefer the configurations above): [`IdentityResolver`],
+//!   [`SniResolver`], [`ClientIdentityResolver`], [`ReloadingServerCertVerifier`].
 //!
 //! ## Crypto providers
 //!
@@ -213,10 +253,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod credential;
 mod crl;
-pub mod detect;
+mod detect;
 mod error;
+mod handle;
 mod identity;
 mod reload;
 mod rustls;
@@ -230,18 +270,19 @@ mod workload_api;
 #[cfg(feature = "tokio")]
 pub use crate::rustls::TlsAcceptor;
 pub use crate::rustls::{
-    ClientConfigBuilder, ClientIdentityResolver, IdentityResolver, ReloadingClientConfig,
-    ReloadingServerConfig, ReloadingServerVerifier, ServedIdentities, ServerConfigBuilder,
-    SniResolver,
-};
-pub use credential::{
-    IdentityBuilder, MemberOptions, Reload, ReloadingIdentity, ReloadingTrust, ServerIdentities,
-    ServerIdentitiesBuilder, TrustBuilder,
+    ClientConfigBuilder, ClientIdentityResolver, ConfigChange, IdentityResolver,
+    ReloadingClientConfig, ReloadingServerCertVerifier, ReloadingServerConfig, ServedIdentities,
+    ServerConfigBuilder, SniResolver,
 };
 pub use detect::Detection;
 pub use error::Error;
+pub use handle::{
+    IdentityBuilder, IdentityPublisher, MemberOptions, PushedIdentityBuilder, PushedTrustBuilder,
+    Reload, ReloadingIdentity, ReloadingTrust, ServerIdentities, ServerIdentitiesBuilder,
+    TrustBuilder, TrustPublisher,
+};
 pub use identity::{CertInfo, Identity, Role};
-pub use snapshot::{Event, EventCallback, Health, LastError, Snapshot, Status};
+pub use snapshot::{Event, Health, LastError, Outage, Snapshot, Status};
 pub use source::{read_credential_file, IdentitySource, Password};
 pub use spiffe_id::{InvalidSpiffeId, SpiffeId, SpiffeIdMatcher};
 pub use trust::{CrlInfo, Trust, TrustSource};

@@ -6,7 +6,11 @@
 //! swaps. A failed attempt is either silent (a writer may still be busy: the detector retries
 //! after the quiet period) or reported (recorded in the status, logged, announced).
 //!
-//! This module decides *what* happens on a reload; `detect` decides *when*.
+//! A pushed credential (`ReloadingIdentity::pushed`, `ReloadingTrust::pushed`) goes through
+//! the same steps with what its provider offers instead of what was read from files
+//! ([`Reloading::offer`]): content hash, validation by the same loader, swap, status, events.
+//!
+//! This module decides *what* happens on a reload; `detect` (or a provider) decides *when*.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -15,10 +19,8 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 
-use crate::snapshot::{lock, Event, Events, LastError, Snapshot, Status};
-
-/// Default fraction of the lifetime left below which a credential is "expiring soon".
-pub const DEFAULT_EXPIRING_SOON: f64 = 1.0 / 3.0;
+use crate::detect::Detection;
+use crate::snapshot::{lock, Event, Events, LastError, Outage, Snapshot, Status};
 use crate::source::files::{self, read_stable};
 use crate::Error;
 
@@ -88,11 +90,13 @@ struct ExpiryNotes {
 
 #[derive(Debug, Default)]
 struct State {
-    detection: String,
+    detection: Detection,
     last_check: Option<SystemTime>,
     last_error: Option<LastError>,
     reloads_ok: u64,
     reloads_failed: u64,
+    /// A pushed credential's provider says it cannot deliver updates.
+    outage: Option<Outage>,
 }
 
 impl<L: Load> Reloading<L> {
@@ -101,7 +105,7 @@ impl<L: Load> Reloading<L> {
         &self.loader
     }
 
-    pub(crate) fn new(name: String, loader: L, detection: String, events: Events) -> Self {
+    pub(crate) fn new(name: String, loader: L, detection: Detection, events: Events) -> Self {
         Reloading {
             name,
             loader,
@@ -112,7 +116,7 @@ impl<L: Load> Reloading<L> {
             }),
             attempt_lock: Mutex::new(()),
             events,
-            expiring_soon: DEFAULT_EXPIRING_SOON,
+            expiring_soon: Status::DEFAULT_EXPIRING_SOON,
             expiry: Mutex::default(),
             warned_modes: Mutex::default(),
         }
@@ -189,25 +193,65 @@ impl<L: Load> Reloading<L> {
 
     /// One attempt, with the attempt lock held by the caller (released on return).
     fn attempt_locked(&self, report: bool, _serialise: std::sync::MutexGuard<'_, ()>) -> Attempt {
+        if lock(&self.state).detection == Detection::Pushed {
+            // No files: only the provider brings new values (`offer`).
+            return Attempt::Unchanged;
+        }
         lock(&self.state).last_check = Some(SystemTime::now());
         let paths = self.loader.paths();
         let refs: Vec<&std::path::Path> = paths.iter().map(PathBuf::as_path).collect();
         let outcome = read_stable(&refs).and_then(|files| {
             self.note_modes(&files);
-            let current = self.current.load();
-            if let Some(cur) = current.as_ref() {
-                if cur.digest == files.digest {
-                    return Ok(None);
-                }
+            if self.is_serving(&files.digest) {
+                return Ok(None);
             }
             let value = self.loader.load(&files)?;
             Ok(Some((value, files.digest)))
         });
+        self.settle(report, paths, outcome)
+    }
+
+    /// Whether the value being served was made from content with this hash.
+    fn is_serving(&self, digest: &[u8; 32]) -> bool {
+        self.current
+            .load()
+            .as_ref()
+            .is_some_and(|cur| cur.digest == *digest)
+    }
+
+    /// A value offered by a provider (a pushed credential): `digest` is the hash of what was
+    /// offered, `load` validates it with this credential's loader. The same rules as a file
+    /// reload: identical content changes nothing, a refused value is recorded, logged and
+    /// announced while the last good one keeps serving. A value that arrives (good or not)
+    /// also ends an outage the provider reported: the provider is delivering again.
+    pub(crate) fn offer(
+        &self,
+        digest: [u8; 32],
+        load: impl FnOnce(&L) -> Result<L::Value, Error>,
+    ) -> Attempt {
+        let _serialise = lock(&self.attempt_lock);
+        lock(&self.state).last_check = Some(SystemTime::now());
+        self.end_outage();
+        let outcome = if self.is_serving(&digest) {
+            Ok(None)
+        } else {
+            load(&self.loader).map(|value| Some((value, digest)))
+        };
+        self.settle(true, Vec::new(), outcome)
+    }
+
+    /// Records the outcome of one attempt: swaps a new value in, or records a failure.
+    fn settle(
+        &self,
+        report: bool,
+        sources: Vec<PathBuf>,
+        outcome: Result<Option<(L::Value, [u8; 32])>, Error>,
+    ) -> Attempt {
         let mut state = lock(&self.state);
         match outcome {
             Ok(None) => {
                 if state.last_error.take().is_some() {
-                    tracing::info!(credential = %self.name, "files are back to the content being served");
+                    tracing::info!(credential = %self.name, "back to the content being served");
                 }
                 Attempt::Unchanged
             }
@@ -219,7 +263,7 @@ impl<L: Load> Reloading<L> {
                     value,
                     generation,
                     loaded_at: SystemTime::now(),
-                    sources: paths,
+                    sources,
                     digest,
                 })));
                 state.last_error = None;
@@ -275,6 +319,49 @@ impl<L: Load> Reloading<L> {
                 }
             }
         }
+    }
+
+    /// A pushed credential's provider cannot deliver updates (a stream broke, it is
+    /// reconnecting): recorded in the status and announced once per outage; what is served
+    /// does not change.
+    pub(crate) fn report_outage(&self, reason: String) {
+        let mut state = lock(&self.state);
+        if let Some(outage) = &mut state.outage {
+            // Still out: the newest reason (e.g. the latest reconnection error), same start.
+            outage.reason = reason;
+            return;
+        }
+        state.outage = Some(Outage {
+            reason: reason.clone(),
+            since: SystemTime::now(),
+        });
+        let serving = self.current.load().as_ref().map(|c| c.generation);
+        drop(state);
+        tracing::warn!(
+            credential = %self.name,
+            serving_generation = serving,
+            "source unavailable, keeping the last good credential: {reason}"
+        );
+        self.events.emit(&Event::SourceOutage {
+            name: self.name.clone(),
+            reason,
+        });
+    }
+
+    /// The provider delivers again: ends the outage, if any, and announces it.
+    pub(crate) fn end_outage(&self) {
+        let Some(outage) = lock(&self.state).outage.take() else {
+            return;
+        };
+        let lasted = outage.since.elapsed().unwrap_or_default();
+        tracing::info!(
+            credential = %self.name,
+            "source available again after {}",
+            humantime::format_duration(std::time::Duration::from_secs(lasted.as_secs()))
+        );
+        self.events.emit(&Event::SourceRestored {
+            name: self.name.clone(),
+        });
     }
 
     /// Whether the last reported attempt failed and has not been followed by a good one.
@@ -356,13 +443,14 @@ impl<L: Load> Reloading<L> {
             not_after: validity.map(|v| v.1),
             expiring_soon_at,
             name: self.name.clone(),
-            detection: state.detection.clone(),
+            detection: state.detection,
             generation: current.as_ref().map_or(0, |c| c.generation),
             loaded_at: current.as_ref().map(|c| c.loaded_at),
             last_check: state.last_check,
             last_error: state.last_error.clone(),
             reloads_ok: state.reloads_ok,
             reloads_failed: state.reloads_failed,
+            outage: state.outage.clone(),
         }
     }
 }

@@ -20,7 +20,7 @@ pub struct Snapshot<T> {
     pub generation: u64,
     /// When this value was loaded.
     pub loaded_at: SystemTime,
-    /// The files it was read from.
+    /// The files it was read from (none for a value pushed by a provider).
     pub sources: Vec<PathBuf>,
     /// SHA-256 over the files' paths and contents: identical content is never swapped in again.
     pub(crate) digest: [u8; 32],
@@ -38,14 +38,26 @@ pub struct LastError {
     pub at: SystemTime,
 }
 
+/// A pushed credential's provider cannot deliver updates (see
+/// [`ReloadingIdentity::pushed`](crate::ReloadingIdentity::pushed)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Outage {
+    /// What the provider said (e.g. "Workload API stream broken, reconnecting in 4 s").
+    pub reason: String,
+    /// When the outage began.
+    pub since: SystemTime,
+}
+
 /// How a credential has been doing: what a status page shows.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Status {
     /// The credential's name (as given to the builder, else derived from its files).
     pub name: String,
-    /// The change-detection mode, e.g. `watch`, `poll`, `manual`.
-    pub detection: String,
+    /// How changes are noticed (its [`Display`](std::fmt::Display) is the mode's name:
+    /// `watch`, `poll`, `on-handshake`, `manual`, `pushed`).
+    pub detection: crate::Detection,
     /// Generation being served (0 when nothing has loaded yet).
     pub generation: u64,
     /// When the value being served was loaded.
@@ -64,6 +76,10 @@ pub struct Status {
     pub not_after: Option<SystemTime>,
     /// From when it counts as expiring soon (identities).
     pub expiring_soon_at: Option<SystemTime>,
+    /// A pushed credential whose provider reported that it cannot deliver updates (a stream
+    /// broken, reconnecting); cleared when it delivers again. The last good value keeps
+    /// serving meanwhile. Always `None` for files.
+    pub outage: Option<Outage>,
 }
 
 /// The overall state of a credential, for status pages and health checks.
@@ -72,7 +88,7 @@ pub struct Status {
 pub enum Health {
     /// Serving a valid credential; the last reload (if any) succeeded.
     Ok,
-    /// Serving, but a reload is failing or expiry is near.
+    /// Serving, but a reload is failing, the source is unavailable, or expiry is near.
     Degraded,
     /// Serving an expired credential (no valid replacement was written), or nothing at all.
     Expired,
@@ -90,12 +106,19 @@ impl Health {
 }
 
 impl Status {
+    /// Default fraction of the lifetime left below which a credential is "expiring soon": a
+    /// third, what agents renew at (set another with the builders' `expiring_soon`).
+    pub const DEFAULT_EXPIRING_SOON: f64 = 1.0 / 3.0;
+
     /// The state at `now`.
     pub fn health(&self, now: SystemTime) -> Health {
         if self.generation == 0 || self.not_after.is_some_and(|t| now > t) {
             return Health::Expired;
         }
-        if self.last_error.is_some() || self.expiring_soon_at.is_some_and(|t| now >= t) {
+        if self.last_error.is_some()
+            || self.outage.is_some()
+            || self.expiring_soon_at.is_some_and(|t| now >= t)
+        {
             return Health::Degraded;
         }
         Health::Ok
@@ -143,10 +166,23 @@ pub enum Event {
         /// Its fingerprint.
         fingerprint: String,
     },
+    /// A pushed credential's provider cannot deliver updates (a stream broke, it is
+    /// reconnecting); the last good value keeps being served. Announced once per outage.
+    SourceOutage {
+        /// Which credential.
+        name: String,
+        /// What the provider said.
+        reason: String,
+    },
+    /// The provider of a pushed credential delivers again after a [`Event::SourceOutage`].
+    SourceRestored {
+        /// Which credential.
+        name: String,
+    },
 }
 
 /// A callback that receives every [`Event`] of a credential.
-pub type EventCallback = Arc<dyn Fn(&Event) + Send + Sync>;
+pub(crate) type EventCallback = Arc<dyn Fn(&Event) + Send + Sync>;
 
 /// The subscribers of one credential.
 #[derive(Default, Clone)]

@@ -144,7 +144,7 @@ impl Trust {
     }
 
     /// A verifier of server certificates for *this generation* of the trust: fixed, it does not
-    /// follow reloads; use [`ReloadingServerVerifier`](crate::ReloadingServerVerifier) or
+    /// follow reloads; use [`ReloadingServerCertVerifier`](crate::ReloadingServerCertVerifier) or
     /// [`ReloadingClientConfig`](crate::ReloadingClientConfig) to follow the trust.
     pub fn fixed_server_verifier(&self) -> &Arc<WebPkiServerVerifier> {
         &self.server_verifier
@@ -326,6 +326,36 @@ impl TrustLoader {
         }
     }
 
+    /// Validates pushed CAs and CRLs by the rules a file's are (`origin` stands where errors
+    /// name a file).
+    pub(crate) fn load_der(
+        &self,
+        origin: &Path,
+        cas: Vec<CertificateDer<'static>>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<Trust, Error> {
+        if cas.is_empty() {
+            return Err(Error::Trust {
+                path: origin.to_owned(),
+                reason: "no CA certificate".into(),
+            });
+        }
+        let cas = cas.into_iter().map(|c| (origin.to_owned(), c)).collect();
+        let crls = crls.into_iter().map(|c| (origin.to_owned(), c)).collect();
+        let trust = Trust::build(cas, crls, &self.provider)?;
+        self.admit(trust)
+    }
+
+    /// The last step of every load: no CRL of `trust` may roll back one in force.
+    fn admit(&self, trust: Trust) -> Result<Trust, Error> {
+        let mut in_force = lock(&self.in_force);
+        crl::check_successors(&in_force, &trust.applied, &trust.anchors)?;
+        in_force.clone_from(&trust.applied);
+        drop(in_force);
+        self.note_unverified(&trust);
+        Ok(trust)
+    }
+
     /// Warns, once per file and issuer, about CRLs whose signature cannot be checked at load.
     fn note_unverified(&self, trust: &Trust) {
         for crl in trust.applied.iter().filter(|c| c.unverified()) {
@@ -408,12 +438,7 @@ impl Load for TrustLoader {
             }
         }
         let trust = Trust::build(cas, crls, &self.provider)?;
-        let mut in_force = lock(&self.in_force);
-        crl::check_successors(&in_force, &trust.applied, &trust.anchors)?;
-        in_force.clone_from(&trust.applied);
-        drop(in_force);
-        self.note_unverified(&trust);
-        Ok(trust)
+        self.admit(trust)
     }
 
     fn fingerprint(value: &Trust) -> String {

@@ -1,6 +1,6 @@
 //! `hitless::TlsAcceptor` (feature `tokio`): the configuration is taken when the ClientHello
 //! arrives, so even on a TCP connection accepted before a trust change the CertificateRequest
-//! names the CAs trusted now; and `on_config` hands every new configuration to frameworks that
+//! names the CAs trusted now; and `subscribe` hands every new configuration to frameworks that
 //! hold one (axum-server's `reload_from_config`). Real handshakes on loopback.
 
 mod common;
@@ -98,7 +98,7 @@ async fn acceptor_takes_the_configuration_when_the_client_hello_arrives() {
         .unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
-    configs.on_config(move |config| s.lock().unwrap().push(config.clone()));
+    configs.subscribe(move |change| s.lock().unwrap().push(change.config.clone()));
 
     let acceptor = TlsAcceptor::new(configs.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -143,7 +143,7 @@ async fn acceptor_takes_the_configuration_when_the_client_hello_arrives() {
     assert_eq!(
         seen.lock().unwrap().len(),
         1,
-        "on_config is called once with the new configuration"
+        "subscribe is called once with the new configuration"
     );
     assert!(Arc::ptr_eq(&seen.lock().unwrap()[0], &configs.current()));
 

@@ -36,7 +36,7 @@ fn rotation_is_picked_up_by_a_handshake_without_any_thread() {
         before,
         "on-handshake mode must not start a thread"
     );
-    assert_eq!(identity.status().detection, "on-handshake");
+    assert_eq!(identity.status().detection.to_string(), "on-handshake");
 
     let config = common::server_builder()
         .with_no_client_auth()

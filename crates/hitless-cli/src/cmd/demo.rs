@@ -279,7 +279,7 @@ async fn demo(args: &Args, dir: &Path, tui: bool) -> anyhow::Result<ExitCode> {
         detection: Detection::Watch,
         quiet: Duration::from_millis(200),
         accept_expired: false,
-        expiring_soon: 1.0 / 3.0,
+        expiring_soon: hitless::Status::DEFAULT_EXPIRING_SOON,
         wait: Duration::ZERO,
         drop_untrusted: false,
         shutdown_timeout: Duration::from_secs(2),

@@ -113,7 +113,7 @@ pub struct Args {
     #[arg(long)]
     pub accept_expired: bool,
     /// Raise "expiring soon" when less than this fraction of a certificate's lifetime is left.
-    #[arg(long, value_parser = value::fraction, default_value_t = 1.0 / 3.0)]
+    #[arg(long, value_parser = value::fraction, default_value_t = hitless::Status::DEFAULT_EXPIRING_SOON)]
     pub expiring_soon: f64,
     /// Plain-HTTP admin listener for /healthz, /status and /metrics (no client certificate
     /// needed; keep it on loopback).
@@ -568,8 +568,10 @@ pub async fn serve(
         "serving HTTPS"
     );
     let (trust_tx, trust_rx) = tokio::sync::watch::channel(configs.trust_generation());
-    configs.on_trust_change(move |generation| {
-        trust_tx.send_replace(generation);
+    configs.subscribe(move |change| {
+        if change.trust_changed {
+            trust_tx.send_replace(change.trust_generation);
+        }
     });
     let http = Arc::new(listen::http_builder(&limits, false));
 

@@ -61,9 +61,33 @@ pub enum Detection {
     },
     /// Never look by itself: call `reload()` (or send `SIGHUP` to the command).
     Manual,
+    /// No files: a provider pushes each new value
+    /// ([`ReloadingIdentity::pushed`](crate::ReloadingIdentity::pushed),
+    /// [`ReloadingTrust::pushed`](crate::ReloadingTrust::pushed)). What the status of a pushed
+    /// credential shows; given to a file builder, it means [`Detection::Manual`].
+    Pushed,
+}
+
+impl std::fmt::Display for Detection {
+    /// The mode's name, as in status pages and logs ([`Detection::name`]).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Detection {
+    /// Default time a failing read waits before it is retried and, if it still fails, reported
+    /// (the builders' `quiet_period`).
+    pub const DEFAULT_QUIET_PERIOD: Duration = Duration::from_millis(200);
+    /// The longest quiet period taken (a longer one is capped).
+    pub const MAX_QUIET_PERIOD: Duration = Duration::from_secs(3600);
+    /// The longest poll interval or on-handshake TTL taken (a longer one is capped).
+    pub const MAX_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
+    /// Default TTL of [`Detection::OnHandshake`] checks.
+    pub const DEFAULT_ON_HANDSHAKE_TTL: Duration = Duration::from_secs(1);
+    /// Default interval of [`Detection::Poll`].
+    pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
+
     /// The same mode with its interval capped at [`MAX_INTERVAL`].
     pub(crate) fn capped(self) -> Detection {
         match self {
@@ -73,6 +97,8 @@ impl Detection {
             Detection::OnHandshake { ttl } => Detection::OnHandshake {
                 ttl: ttl.min(MAX_INTERVAL),
             },
+            // Files are only read when asked: nothing pushes to a file credential.
+            Detection::Pushed => Detection::Manual,
             other => other,
         }
     }
@@ -84,16 +110,12 @@ impl Detection {
             Detection::Poll { .. } => "poll",
             Detection::OnHandshake { .. } => "on-handshake",
             Detection::Manual => "manual",
+            Detection::Pushed => "pushed",
         }
     }
 }
 
-/// Default time a failing read waits before it is retried and, if it still fails, reported.
-pub const DEFAULT_QUIET_PERIOD: Duration = Duration::from_millis(200);
-/// The longest quiet period taken (a longer one is capped).
-pub const MAX_QUIET_PERIOD: Duration = Duration::from_secs(3600);
-/// The longest poll interval or on-handshake TTL taken (a longer one is capped).
-pub const MAX_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const MAX_INTERVAL: Duration = Detection::MAX_INTERVAL;
 
 /// `now + d`, saturating far in the future instead of overflowing.
 pub(crate) fn later(d: Duration) -> Instant {
@@ -102,11 +124,6 @@ pub(crate) fn later(d: Duration) -> Instant {
         .or_else(|| now.checked_add(MAX_INTERVAL))
         .unwrap_or(now)
 }
-
-/// Default TTL of `on-handshake` checks.
-pub const DEFAULT_ON_HANDSHAKE_TTL: Duration = Duration::from_secs(1);
-/// Default poll interval.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -229,7 +246,10 @@ pub(crate) fn spawn(
     targets: Vec<Weak<dyn Target>>,
     thread_name: String,
 ) -> Result<Option<Detector>, crate::Error> {
-    if matches!(detection, Detection::Manual | Detection::OnHandshake { .. }) {
+    if matches!(
+        detection,
+        Detection::Manual | Detection::OnHandshake { .. } | Detection::Pushed
+    ) {
         return Ok(None);
     }
     let (tx, rx) = mpsc::channel();
@@ -259,7 +279,7 @@ pub(crate) fn spawn(
         Detection::Poll { interval } => thread::Builder::new()
             .name(thread_name)
             .spawn(move || poll_loop(rx, tracked, interval, quiet)),
-        Detection::Manual | Detection::OnHandshake { .. } => return Ok(None),
+        Detection::Manual | Detection::OnHandshake { .. } | Detection::Pushed => return Ok(None),
     }
     .map_err(|e| crate::Error::Watch {
         path: PathBuf::from("."),

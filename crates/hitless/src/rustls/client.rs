@@ -9,7 +9,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use crate::credential::{ReloadingIdentity, ReloadingTrust};
+use crate::{ReloadingIdentity, ReloadingTrust};
 
 /// Presents the current generation of one of several client identities.
 ///
@@ -37,10 +37,8 @@ impl ResolvesClientCert for ClientIdentityResolver {
     ) -> Option<Arc<CertifiedKey>> {
         let mut loaded = 0;
         for identity in &self.identities {
-            if let Some(check) = &identity.shared.on_handshake {
-                check.maybe_check();
-            }
-            let current = identity.shared.reloading.current.load();
+            identity.check_on_handshake();
+            let current = identity.snapshot();
             let Some(snapshot) = current.as_ref() else {
                 continue;
             };
@@ -70,36 +68,35 @@ impl ResolvesClientCert for ClientIdentityResolver {
     }
 }
 
-/// Verifies server certificates against the current generation of a [`ReloadingTrust`]
-/// (its CAs and CRLs): one atomic load per handshake.
+/// A rustls `ServerCertVerifier` (the client side's verifier of server certificates) that
+/// takes its verdict from the generation of a [`ReloadingTrust`] (its CAs and CRLs) current
+/// when the certificate is verified: one atomic load per handshake.
 ///
-/// A client session resumed from before a trust change skips verification (that is how TLS
-/// resumption works); use [`ReloadingClientConfig`](crate::ReloadingClientConfig) where that matters, which
-/// starts a new session store when trust changes.
+/// For a `ClientConfig` built by hand that must keep one fixed configuration (reqwest takes
+/// one). A client session resumed from before a trust change skips verification (that is how
+/// TLS resumption works); [`ReloadingClientConfig`](crate::ReloadingClientConfig), which uses
+/// this verifier and starts a new session store on every trust change, is the way to get both.
 #[derive(Debug)]
-pub struct ReloadingServerVerifier {
+pub struct ReloadingServerCertVerifier {
     trust: ReloadingTrust,
 }
 
-impl ReloadingServerVerifier {
+impl ReloadingServerCertVerifier {
     /// A verifier following `trust`.
     pub fn new(trust: ReloadingTrust) -> Self {
-        ReloadingServerVerifier { trust }
+        ReloadingServerCertVerifier { trust }
     }
 
     fn inner(&self) -> Result<Arc<rustls::client::WebPkiServerVerifier>, rustls::Error> {
         self.trust
-            .shared
-            .reloading
-            .current
-            .load()
+            .snapshot()
             .as_ref()
             .map(|t| t.value.fixed_server_verifier().clone())
             .ok_or_else(|| rustls::Error::General("no trust bundle loaded".into()))
     }
 }
 
-impl ServerCertVerifier for ReloadingServerVerifier {
+impl ServerCertVerifier for ReloadingServerCertVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,

@@ -36,18 +36,17 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::ResolvesServerCert;
 use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
 
-use crate::credential::{ReloadingIdentity, ReloadingTrust};
 use crate::identity::default_provider;
-use crate::rustls::client::{ClientIdentityResolver, ReloadingServerVerifier};
+use crate::rustls::client::{ClientIdentityResolver, ReloadingServerCertVerifier};
 use crate::rustls::sessions::{Binding, BoundClientSessions, BoundServerSessions, BoundTickets};
-use crate::rustls::verify::ClientVerifierAtHandshake;
-use crate::snapshot::{lock, Event, Snapshot};
+use crate::rustls::verify::ReloadingClientCertVerifier;
+use crate::snapshot::{lock, Event, EventCallback, Snapshot};
 use crate::trust::Trust;
 use crate::Error;
+use crate::{ReloadingIdentity, ReloadingTrust};
 
 type Configure<C> = Arc<dyn Fn(&mut C) + Send + Sync>;
-type TrustCallback = Arc<dyn Fn(u64) + Send + Sync>;
-type ConfigCallback<C> = Arc<dyn Fn(&Arc<C>) + Send + Sync>;
+type ChangeCallback<C> = Arc<dyn Fn(&ConfigChange<C>) + Send + Sync>;
 /// Builds a configuration for the current trust.
 type Build<C> = Box<dyn Fn(&BuildContext<'_>) -> Result<C, Error> + Send + Sync>;
 type Versions = &'static [&'static SupportedProtocolVersion];
@@ -88,6 +87,20 @@ impl BuildContext<'_> {
     }
 }
 
+/// A new configuration in use, as handed to [`ReloadingServerConfig::subscribe`] and
+/// [`ReloadingClientConfig::subscribe`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ConfigChange<C> {
+    /// The configuration new connections now get (what `current()` returns).
+    pub config: Arc<C>,
+    /// The generation of the trust it was built from (0 without trust).
+    pub trust_generation: u64,
+    /// Whether the trust changed (else an identity rotated): sessions made under the previous
+    /// trust no longer resume, and open connections were verified under the previous trust.
+    pub trust_changed: bool,
+}
+
 struct Inner<C> {
     current: ArcSwap<C>,
     trust: Option<ReloadingTrust>,
@@ -96,8 +109,7 @@ struct Inner<C> {
     /// Bumped by every rotation of an identity whose sessions must not resume.
     epoch: Arc<AtomicU64>,
     build: Build<C>,
-    on_trust_change: std::sync::Mutex<Vec<TrustCallback>>,
-    on_config: std::sync::Mutex<Vec<ConfigCallback<C>>>,
+    subscribers: std::sync::Mutex<Vec<ChangeCallback<C>>>,
     /// Serialises rebuilds (trust and identity detectors run on different threads).
     rebuild_lock: std::sync::Mutex<()>,
 }
@@ -139,8 +151,7 @@ impl<C: Send + Sync + 'static> Inner<C> {
             trust_generation: AtomicU64::new(generation),
             epoch,
             build,
-            on_trust_change: std::sync::Mutex::default(),
-            on_config: std::sync::Mutex::default(),
+            subscribers: std::sync::Mutex::default(),
             rebuild_lock: std::sync::Mutex::default(),
         });
         if let Some(trust) = trust {
@@ -162,7 +173,7 @@ impl<C: Send + Sync + 'static> Inner<C> {
     /// Subscribes `subscribe` (an identity's event source): every rotation moves the epoch,
     /// so that no peer resumes into a session made with the old certificate, and builds a
     /// configuration whose sessions belong to the new epoch.
-    fn renew_sessions_on(self: &Arc<Self>, subscribe: impl FnOnce(crate::EventCallback)) {
+    fn renew_sessions_on(self: &Arc<Self>, subscribe: impl FnOnce(EventCallback)) {
         let weak: Weak<Inner<C>> = Arc::downgrade(self);
         subscribe(Arc::new(move |event| {
             if let Event::Reloaded { generation, .. } = event {
@@ -194,21 +205,23 @@ impl<C: Send + Sync + 'static> Inner<C> {
             Ok((config, generation)) => {
                 let config = Arc::new(config);
                 self.current.store(config.clone());
-                let callbacks = lock(&self.on_config).clone();
-                for c in callbacks {
-                    c(&config);
-                }
                 let previous = self.trust_generation.swap(generation, Ordering::SeqCst);
-                if previous != generation {
+                let trust_changed = previous != generation;
+                if trust_changed {
                     tracing::info!(
                         trust_generation = generation,
                         "trust changed: new TLS configuration in use; earlier sessions no \
                          longer resume"
                     );
-                    let callbacks = lock(&self.on_trust_change).clone();
-                    for c in callbacks {
-                        c(generation);
-                    }
+                }
+                let change = ConfigChange {
+                    config,
+                    trust_generation: generation,
+                    trust_changed,
+                };
+                let subscribers = lock(&self.subscribers).clone();
+                for s in subscribers {
+                    s(&change);
                 }
             }
             // The configuration in use stays; its verifier already takes the verdict from the
@@ -299,7 +312,7 @@ pub struct ServerConfigBuilder {
     provider: Option<Arc<CryptoProvider>>,
     versions: Versions,
     configure: Option<Configure<ServerConfig>>,
-    renew_on: Vec<Box<dyn FnOnce(crate::EventCallback) + Send>>,
+    renew_on: Vec<Box<dyn FnOnce(EventCallback) + Send>>,
 }
 
 impl ServerConfigBuilder {
@@ -390,7 +403,7 @@ impl ServerConfigBuilder {
                 // The verdict is taken from the trust current when the certificate is
                 // verified, not from `snapshot` (see `verify.rs`).
                 Some((handle, snapshot)) => builder
-                    .with_client_cert_verifier(Arc::new(ClientVerifierAtHandshake::new(
+                    .with_client_cert_verifier(Arc::new(ReloadingClientCertVerifier::new(
                         handle.clone(),
                         snapshot,
                     )))
@@ -449,13 +462,8 @@ impl ReloadingServerConfig {
     /// The configuration to accept a new connection with: one atomic load (plus, in
     /// `on-handshake` mode, the trust's at-most-once-per-TTL check).
     pub fn current(&self) -> Arc<ServerConfig> {
-        if let Some(check) = self
-            .inner
-            .trust
-            .as_ref()
-            .and_then(|t| t.shared.on_handshake.as_ref())
-        {
-            check.maybe_check();
+        if let Some(trust) = &self.inner.trust {
+            trust.check_on_handshake();
         }
         self.inner.current.load_full()
     }
@@ -466,18 +474,17 @@ impl ReloadingServerConfig {
         self.inner.trust_generation.load(Ordering::SeqCst)
     }
 
-    /// Calls `callback(trust_generation)` after every trust change has been applied.
-    pub fn on_trust_change(&self, callback: impl Fn(u64) + Send + Sync + 'static) {
-        lock(&self.inner.on_trust_change).push(Arc::new(callback));
-    }
-
-    /// Calls `callback` with every new configuration, after it is in use (a trust change, or a
-    /// rotation followed with [`new_sessions_on_rotation`](ServerConfigBuilder::new_sessions_on_rotation)).
-    /// For frameworks that hold one `Arc<ServerConfig>` and can swap it, e.g. axum-server's
-    /// `RustlsConfig::reload_from_config`. The callback runs on the thread that applied the
-    /// change: keep it short.
-    pub fn on_config(&self, callback: impl Fn(&Arc<ServerConfig>) + Send + Sync + 'static) {
-        lock(&self.inner.on_config).push(Arc::new(callback));
+    /// Calls `callback` with every new configuration, once it is in use: after a trust change
+    /// ([`ConfigChange::trust_changed`]) or a rotation of a served identity. For frameworks
+    /// that hold one `Arc<ServerConfig>` and can swap it (axum-server's
+    /// `RustlsConfig::reload_from_config`), and to re-check open connections after a trust
+    /// change ([`verify_client`](Self::verify_client)). Like the credentials' `subscribe`, the
+    /// callback runs on the thread that applied the change: keep it short.
+    pub fn subscribe(
+        &self,
+        callback: impl Fn(&ConfigChange<ServerConfig>) + Send + Sync + 'static,
+    ) {
+        lock(&self.inner.subscribers).push(Arc::new(callback));
     }
 
     /// Checks a client certificate chain (leaf first) against the current trust and CRLs, as a
@@ -584,7 +591,7 @@ impl ClientConfigBuilder {
                 .with_protocol_versions(versions)
                 .map_err(|source| Error::CryptoProvider { source })?
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ReloadingServerVerifier::new(
+                .with_custom_certificate_verifier(Arc::new(ReloadingServerCertVerifier::new(
                     handle.clone(),
                 )));
             let mut config = match &resolver {
@@ -627,14 +634,25 @@ impl ReloadingClientConfig {
     /// The configuration for a new connection: one atomic load (plus, in `on-handshake` mode,
     /// the trust's at-most-once-per-TTL check).
     pub fn current(&self) -> Arc<ClientConfig> {
-        if let Some(check) = self
-            .inner
-            .trust
-            .as_ref()
-            .and_then(|t| t.shared.on_handshake.as_ref())
-        {
-            check.maybe_check();
+        if let Some(trust) = &self.inner.trust {
+            trust.check_on_handshake();
         }
         self.inner.current.load_full()
+    }
+
+    /// The generation of the trust the current configuration was built from.
+    pub fn trust_generation(&self) -> u64 {
+        self.inner.trust_generation.load(Ordering::SeqCst)
+    }
+
+    /// Calls `callback` with every new configuration, once it is in use: after a trust change
+    /// ([`ConfigChange::trust_changed`]) or a rotation of a client identity. For clients that
+    /// hold one `Arc<ClientConfig>` and can swap it. The callback runs on the thread that
+    /// applied the change: keep it short.
+    pub fn subscribe(
+        &self,
+        callback: impl Fn(&ConfigChange<ClientConfig>) + Send + Sync + 'static,
+    ) {
+        lock(&self.inner.subscribers).push(Arc::new(callback));
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::credential::ReloadingIdentity;
+use crate::ReloadingIdentity;
 
 /// Serves the current generation of a [`ReloadingIdentity`] to every handshake.
 ///
@@ -30,14 +30,9 @@ impl IdentityResolver {
 
 impl ResolvesServerCert for IdentityResolver {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if let Some(check) = &self.identity.shared.on_handshake {
-            check.maybe_check();
-        }
+        self.identity.check_on_handshake();
         self.identity
-            .shared
-            .reloading
-            .current
-            .load()
+            .snapshot()
             .as_ref()
             .map(|s| s.value.certified_key().clone())
     }

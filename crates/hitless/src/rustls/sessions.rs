@@ -25,7 +25,7 @@ use rustls::pki_types::ServerName;
 use rustls::server::{ProducesTickets, StoresServerSessions};
 use rustls::NamedGroup;
 
-use crate::credential::ReloadingTrust;
+use crate::ReloadingTrust;
 
 /// The trust generation and identity epoch a configuration was built under.
 #[derive(Clone)]
@@ -68,10 +68,7 @@ impl Binding {
         match &self.trust {
             None => true,
             Some(trust) => trust
-                .shared
-                .reloading
-                .current
-                .load()
+                .snapshot()
                 .as_ref()
                 .is_some_and(|t| t.generation == self.trust_generation),
         }

@@ -19,23 +19,69 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::SignatureScheme;
 
-use crate::credential::ServerIdentities;
 use crate::identity::Identity;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{lock, Snapshot};
+use crate::ServerIdentities;
+
+/// The name index of a set of identities: rebuilt (off the handshake path) when a member's
+/// names change, read with one atomic load per handshake.
+#[derive(Default)]
+pub(crate) struct NameIndex {
+    current: ArcSwap<SniIndex>,
+    /// Serialises rebuilds (members reload on the detector thread or in `reload()` calls).
+    rebuild_lock: Mutex<()>,
+}
+
+impl NameIndex {
+    /// Rebuilds the index if some member's names changed (a rotation that keeps its names
+    /// changes nothing here: the resolver reads the member's new snapshot directly).
+    pub(crate) fn rebuild(&self, members: Members<'_>) {
+        let _serialise = lock(&self.rebuild_lock);
+        let names: Vec<(Names, bool)> = (0..members.len())
+            .map(|i| {
+                let current = members.get(i).map(|m| m.load_full()).unwrap_or_default();
+                let names = Names::of(current.as_ref().map(|s| &s.value), members.names(i));
+                (names, members.is_default(i))
+            })
+            .collect();
+        let index = self.current.load();
+        if index.names.len() == names.len()
+            && index.names.iter().zip(&names).all(|(a, b)| *a == b.0)
+        {
+            return;
+        }
+        drop(index);
+        self.current.store(Arc::new(SniIndex::build(names)));
+    }
+
+    /// What the resolver does: one load of the index, a lookup, and one load per candidate's
+    /// current snapshot.
+    pub(crate) fn choose(
+        &self,
+        members: Members<'_>,
+        server_name: Option<&str>,
+        local_ip: Option<IpAddr>,
+        offered: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.current
+            .load()
+            .choose(members, server_name, local_ip, offered)
+    }
+}
 
 /// The names an identity is served for: what the index is built from. While a member's
 /// rotation keeps these, the index stays as it is and the resolver reads the member's new
 /// snapshot directly; only a change of names rebuilds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Names {
+struct Names {
     exact: Vec<String>,
     wildcard: Vec<String>,
     ips: Vec<IpAddr>,
@@ -43,7 +89,7 @@ pub(crate) struct Names {
 
 impl Names {
     /// The names of `identity`, or `overrides` for its DNS names.
-    pub(crate) fn of(identity: Option<&Identity>, overrides: Option<&[String]>) -> Names {
+    fn of(identity: Option<&Identity>, overrides: Option<&[String]>) -> Names {
         let mut names = Names::default();
         let dns: Vec<String> = match (overrides, identity) {
             (Some(n), _) => n.to_vec(),
@@ -69,26 +115,30 @@ impl Names {
 /// The members' current snapshots, by index (a slice of the set's members, without copying).
 pub(crate) type Members<'a> = &'a dyn MemberSnapshots;
 
-/// Access to the members' current snapshots by index.
+/// Access to the members of a set by index: current snapshot, name overrides, default flag.
 pub(crate) trait MemberSnapshots {
     fn len(&self) -> usize;
     fn get(&self, i: usize) -> Option<&ArcSwapOption<Snapshot<Identity>>>;
+    /// The names given instead of the certificate's DNS names.
+    fn names(&self, i: usize) -> Option<&[String]>;
+    /// Whether the member was marked as the default identity.
+    fn is_default(&self, i: usize) -> bool;
 }
 
 /// The precomputed name → member-index index.
 #[derive(Debug, Default)]
-pub(crate) struct SniIndex {
+struct SniIndex {
     exact: HashMap<String, Vec<usize>>,
     wildcard: HashMap<String, Vec<usize>>,
     ips: HashMap<IpAddr, Vec<usize>>,
     default: Vec<usize>,
     /// The names each member was indexed under.
-    pub(crate) names: Vec<Names>,
+    names: Vec<Names>,
 }
 
 impl SniIndex {
     /// Builds the index from each member's names and default flag, in selection order.
-    pub(crate) fn build(members: Vec<(Names, bool)>) -> SniIndex {
+    fn build(members: Vec<(Names, bool)>) -> SniIndex {
         let mut index = SniIndex::default();
         for (i, (names, is_default)) in members.iter().enumerate() {
             for n in &names.exact {
@@ -113,7 +163,7 @@ impl SniIndex {
 
     /// Chooses for `server_name` (SNI) or, without it, `local_ip`, among `members`' current
     /// snapshots.
-    pub(crate) fn choose(
+    fn choose(
         &self,
         members: Members<'_>,
         server_name: Option<&str>,
@@ -224,9 +274,7 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if let Some(check) = &self.identities.inner.on_handshake {
-            check.maybe_check();
-        }
+        self.identities.check_on_handshake();
         self.identities.choose(
             hello.server_name(),
             self.local_ip,

@@ -3,7 +3,7 @@
 //! A server accepts a TCP connection, then waits for the client's certificate (up to its
 //! handshake timeout, seconds). A verifier fixed when the connection was accepted would let a
 //! client that keeps an idle TCP connection ready complete its handshake under the trust of
-//! that moment, after its revocation has landed. [`ClientVerifierAtHandshake`] holds no trust
+//! that moment, after its revocation has landed. [`ReloadingClientCertVerifier`] holds no trust
 //! of its own for the verdict: each `verify_client_cert` loads the trust snapshot current at
 //! that moment (one atomic load) and asks its verifier.
 //!
@@ -20,37 +20,37 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::sync::Arc;
 
-use crate::credential::ReloadingTrust;
 use crate::snapshot::Snapshot;
 use crate::trust::Trust;
+use crate::ReloadingTrust;
 
 /// Verifies client certificates against the trust current at verification time, and names
 /// the CAs of the trust it was built from in CertificateRequests.
-pub(crate) struct ClientVerifierAtHandshake {
+pub(crate) struct ReloadingClientCertVerifier {
     trust: ReloadingTrust,
     /// The verifier of the trust this configuration was built from: its CA names and its
     /// signature algorithms (which depend only on the crypto provider).
     built_from: Arc<dyn ClientCertVerifier>,
 }
 
-impl std::fmt::Debug for ClientVerifierAtHandshake {
+impl std::fmt::Debug for ReloadingClientCertVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientVerifierAtHandshake")
+        f.debug_struct("ReloadingClientCertVerifier")
             .field("trust", &self.trust)
             .finish_non_exhaustive()
     }
 }
 
-impl ClientVerifierAtHandshake {
+impl ReloadingClientCertVerifier {
     pub(crate) fn new(trust: ReloadingTrust, built_from: &Snapshot<Trust>) -> Self {
-        ClientVerifierAtHandshake {
+        ReloadingClientCertVerifier {
             trust,
             built_from: built_from.value.fixed_client_verifier().clone(),
         }
     }
 }
 
-impl ClientCertVerifier for ClientVerifierAtHandshake {
+impl ClientCertVerifier for ReloadingClientCertVerifier {
     fn offer_client_auth(&self) -> bool {
         true
     }
@@ -71,10 +71,8 @@ impl ClientCertVerifier for ClientVerifierAtHandshake {
     ) -> Result<ClientCertVerified, rustls::Error> {
         // In on-handshake mode this is where a changed CRL must be noticed: the connection may
         // have been accepted long before.
-        if let Some(check) = &self.trust.shared.on_handshake {
-            check.maybe_check();
-        }
-        let current = self.trust.shared.reloading.current.load();
+        self.trust.check_on_handshake();
+        let current = self.trust.snapshot();
         let Some(trust) = current.as_ref() else {
             return Err(rustls::Error::General("no client trust loaded".into()));
         };
