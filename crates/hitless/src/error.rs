@@ -201,6 +201,18 @@ pub enum Error {
         #[source]
         source: rustls::Error,
     },
+
+    /// The SPIFFE Workload API (feature `spiffe`): an update refused by the X.509-SVID rules,
+    /// no endpoint configured, or no valid SVID received in time.
+    #[cfg(feature = "spiffe")]
+    #[error("{}: {source}", endpoint.display())]
+    Spiffe {
+        /// The Workload API endpoint (`unix:///path/to/agent.sock`).
+        endpoint: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: crate::SpiffeError,
+    },
 }
 
 impl Error {
@@ -228,6 +240,8 @@ impl Error {
             Error::KeyMismatch { key_path, .. } => Some(key_path),
             Error::NotLoaded { .. } => None,
             Error::NoCryptoProvider | Error::CryptoProvider { .. } => None,
+            #[cfg(feature = "spiffe")]
+            Error::Spiffe { endpoint, .. } => Some(endpoint),
         }
     }
 }

@@ -287,4 +287,6 @@ pub use source::{read_credential_file, IdentitySource, Password};
 pub use spiffe_id::{InvalidSpiffeId, SpiffeId, SpiffeIdMatcher};
 pub use trust::{CrlInfo, Trust, TrustSource};
 #[cfg(feature = "spiffe")]
-pub use workload_api::{SvidError, WorkloadApiStatus};
+pub use workload_api::{
+    SpiffeError, SpiffeSource, SpiffeSourceBuilder, WorkloadApiStatus, SPIFFE_ENDPOINT_SOCKET,
+};

@@ -152,6 +152,9 @@ pub struct FakeWorkloadApi {
     published: watch::Sender<Published>,
     counters: Arc<Counters>,
     running: Mutex<Option<Running>>,
+    /// The runtime it was started on: [`FakeWorkloadApi::restart`] serves there again, from
+    /// any thread.
+    runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for FakeWorkloadApi {
@@ -176,12 +179,14 @@ impl FakeWorkloadApi {
             published,
             counters: Arc::default(),
             running: Mutex::new(None),
+            runtime: tokio::runtime::Handle::current(),
         };
         api.serve()?;
         Ok(api)
     }
 
     fn serve(&self) -> io::Result<()> {
+        let _runtime = self.runtime.enter();
         match std::fs::remove_file(&self.path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -266,7 +271,7 @@ impl FakeWorkloadApi {
     }
 
     /// Serves again on the same socket path after [`FakeWorkloadApi::stop`]; new streams get
-    /// the current contents.
+    /// the current contents. May be called from any thread.
     pub fn restart(&self) -> io::Result<()> {
         self.published.send_if_modified(|p| {
             p.serving = true;

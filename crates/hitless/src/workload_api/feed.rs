@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixT
 use tokio_stream::{Stream, StreamExt};
 use x509_parser::extensions::ParsedExtension;
 
-use super::SvidError;
+use super::SpiffeError;
 use crate::spiffe_id::SpiffeId;
 
 /// What the stream of one Workload API connection yields.
@@ -61,7 +61,7 @@ pub(crate) enum FeedEvent {
     /// An update that passed the SPIFFE rules.
     Update(Box<Update>),
     /// An update that did not; the stream goes on.
-    Refused(SvidError),
+    Refused(SpiffeError),
     /// The stream broke or could not be opened; the next call waits for the backoff and
     /// reconnects.
     Broken(String),
@@ -124,7 +124,7 @@ impl Feed {
             if let Some(at) = self.retry_at.take() {
                 tokio::time::sleep_until(at.into()).await;
             }
-            match self.open().await {
+            match open(self.endpoint.clone()).await {
                 Ok(stream) => self.stream = Some(stream),
                 Err(e) => return self.broken(format!("cannot open the stream: {e}")),
             }
@@ -143,15 +143,9 @@ impl Feed {
             Some(Err(e)) if is_broken(&e) => self.broken(format!("stream broken: {e}")),
             // The message was received but is not a valid update: the stream goes on (an agent
             // sending a bad SVID once does not make it unreachable).
-            Some(Err(e)) => FeedEvent::Refused(SvidError::Message(e.to_string())),
+            Some(Err(e)) => FeedEvent::Refused(SpiffeError::Message(e.to_string())),
             None => self.broken("the agent closed the stream".to_string()),
         }
-    }
-
-    async fn open(&self) -> Result<ContextStream, WorkloadApiError> {
-        let client = WorkloadApiClient::connect_to(&self.endpoint).await?;
-        let stream = client.stream_x509_contexts().await?;
-        Ok(Box::pin(stream))
     }
 
     fn broken(&mut self, reason: String) -> FeedEvent {
@@ -159,6 +153,14 @@ impl Feed {
         self.retry_at = Some(Instant::now() + self.backoff.step());
         FeedEvent::Broken(reason)
     }
+}
+
+/// Opens a stream. (Takes the endpoint by value: the feed itself is not `Sync`, and the
+/// future must be `Send`.)
+async fn open(endpoint: String) -> Result<ContextStream, WorkloadApiError> {
+    let client = WorkloadApiClient::connect_to(&endpoint).await?;
+    let stream = client.stream_x509_contexts().await?;
+    Ok(Box::pin(stream))
 }
 
 /// Whether an error item means the stream is gone (as opposed to one bad message).
@@ -178,7 +180,7 @@ fn is_broken(e: &WorkloadApiError) -> bool {
 /// `spiffe_id` field), is not a CA, and its chain verifies to
 /// the bundle of its trust domain. (Key match and validity period are checked where the value
 /// is published, as for every identity.)
-pub(crate) fn check(context: &X509Context, selection: &Selection) -> Result<Update, SvidError> {
+pub(crate) fn check(context: &X509Context, selection: &Selection) -> Result<Update, SpiffeError> {
     let svid = match &selection.spiffe_id {
         None => context.default_svid(),
         Some(want) => context
@@ -187,7 +189,7 @@ pub(crate) fn check(context: &X509Context, selection: &Selection) -> Result<Upda
             .find(|s| s.spiffe_id().to_string() == want.as_str()),
     }
     .ok_or_else(|| {
-        SvidError::NoSvid(
+        SpiffeError::NoSvid(
             selection
                 .spiffe_id
                 .as_ref()
@@ -199,7 +201,7 @@ pub(crate) fn check(context: &X509Context, selection: &Selection) -> Result<Upda
         .iter()
         .map(|c| CertificateDer::from(c.as_bytes().to_vec()))
         .collect();
-    let leaf = chain.first().ok_or(SvidError::EmptyChain)?;
+    let leaf = chain.first().ok_or(SpiffeError::EmptyChain)?;
     let id = SpiffeId::from_certificate(leaf.as_ref())?;
     check_not_ca(leaf.as_ref())?;
 
@@ -222,12 +224,12 @@ pub(crate) fn check(context: &X509Context, selection: &Selection) -> Result<Upda
     let own = domains
         .iter()
         .position(|(td, _)| td == id.trust_domain())
-        .ok_or_else(|| SvidError::NoBundle(id.trust_domain().to_string()))?;
+        .ok_or_else(|| SpiffeError::NoBundle(id.trust_domain().to_string()))?;
     let (own_td, own_cas) = domains.remove(own);
     if own_cas.is_empty() {
-        return Err(SvidError::NoBundle(own_td));
+        return Err(SpiffeError::NoBundle(own_td));
     }
-    verify_chain(&chain, &own_cas, &selection.provider).map_err(|e| SvidError::Chain {
+    verify_chain(&chain, &own_cas, &selection.provider).map_err(|e| SpiffeError::Chain {
         trust_domain: own_td.clone(),
         reason: e,
     })?;
@@ -250,14 +252,14 @@ pub(crate) fn check(context: &X509Context, selection: &Selection) -> Result<Upda
 }
 
 /// An X.509-SVID leaf must not be a CA (basicConstraints cA false or absent).
-fn check_not_ca(leaf: &[u8]) -> Result<(), SvidError> {
+fn check_not_ca(leaf: &[u8]) -> Result<(), SpiffeError> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| SvidError::Message(format!("cannot parse the leaf: {e}")))?;
+        .map_err(|e| SpiffeError::Message(format!("cannot parse the leaf: {e}")))?;
     let is_ca = cert.extensions().iter().any(|ext| {
         matches!(ext.parsed_extension(), ParsedExtension::BasicConstraints(bc) if bc.ca)
     });
     if is_ca {
-        return Err(SvidError::LeafIsCa);
+        return Err(SpiffeError::LeafIsCa);
     }
     Ok(())
 }
@@ -387,10 +389,10 @@ mod tests {
 
         // Refused, each for its reason, and the stream goes on.
         agent.set_svids(vec![Svid::garbage(ID)]);
-        assert!(matches!(next(&mut feed).await, FeedEvent::Refused(SvidError::Message(_))));
+        assert!(matches!(next(&mut feed).await, FeedEvent::Refused(SpiffeError::Message(_))));
         agent.set_svids(vec![svid(&stranger, &LeafSpec::svid(ID))]);
         match next(&mut feed).await {
-            FeedEvent::Refused(SvidError::Chain { trust_domain, .. }) => {
+            FeedEvent::Refused(SpiffeError::Chain { trust_domain, .. }) => {
                 assert_eq!(trust_domain, "example.org")
             }
             other => panic!("expected a chain refusal, got {other:?}"),
@@ -469,13 +471,13 @@ mod tests {
         let mut selection = feed.selection.clone();
         selection.spiffe_id = Some(SpiffeId::parse("spiffe://example.org/absent").unwrap());
         let mut feed = Feed::new(agent.endpoint(), selection, Backoff::new(Duration::from_millis(50), Duration::from_millis(50)));
-        assert!(matches!(next(&mut feed).await, FeedEvent::Refused(SvidError::NoSvid(id)) if id == "spiffe://example.org/absent"));
+        assert!(matches!(next(&mut feed).await, FeedEvent::Refused(SpiffeError::NoSvid(id)) if id == "spiffe://example.org/absent"));
     }
 
     #[test]
     fn a_ca_leaf_is_refused() {
         let ca = Ca::new_root("a CA", KeyType::EcP256);
-        assert_eq!(check_not_ca(&ca.cert_der()), Err(SvidError::LeafIsCa));
+        assert_eq!(check_not_ca(&ca.cert_der()), Err(SpiffeError::LeafIsCa));
         let leaf = ca.issue(&LeafSpec::svid(ID));
         assert_eq!(check_not_ca(&leaf.cert_der), Ok(()));
     }
