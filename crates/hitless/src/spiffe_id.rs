@@ -207,12 +207,7 @@ fn check_path(id: &str, path: &str) -> Result<(), InvalidSpiffeId> {
                     "empty path segment (a doubled or trailing '/')",
                 ))
             }
-            "." | ".." => {
-                return Err(invalid(
-                    id,
-                    "'.' and '..' path segments are not allowed",
-                ))
-            }
+            "." | ".." => return Err(invalid(id, "'.' and '..' path segments are not allowed")),
             _ => {}
         }
         if let Some(c) = segment
@@ -376,7 +371,11 @@ mod tests {
         for (s, td, path) in [
             ("spiffe://example.org", "example.org", ""),
             ("spiffe://example.org/web", "example.org", "/web"),
-            ("spiffe://a-b_c.d9/ns/Prod/sa/web-1.v2", "a-b_c.d9", "/ns/Prod/sa/web-1.v2"),
+            (
+                "spiffe://a-b_c.d9/ns/Prod/sa/web-1.v2",
+                "a-b_c.d9",
+                "/ns/Prod/sa/web-1.v2",
+            ),
             ("spiffe://td/...x/a..b", "td", "/...x/a..b"),
         ] {
             let id = SpiffeId::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
@@ -504,8 +503,10 @@ mod tests {
         assert!(!m.matches_certificate(&two.cert_der));
 
         let mixed = ca.issue(
-            &LeafSpec::svid("spiffe://example.org/ns/prod/web")
-                .uris(vec!["spiffe://example.org/ns/prod/web", "https://example.org/"]),
+            &LeafSpec::svid("spiffe://example.org/ns/prod/web").uris(vec![
+                "spiffe://example.org/ns/prod/web",
+                "https://example.org/",
+            ]),
         );
         assert!(!m.matches_certificate(&mixed.cert_der));
 
@@ -513,7 +514,8 @@ mod tests {
         let e = SpiffeId::from_certificate(&dns_only.cert_der).unwrap_err();
         assert!(e.reason.contains("no URI SAN"), "{e}");
 
-        let not_spiffe = ca.issue(&LeafSpec::svid("spiffe://x/y").uris(vec!["https://example.org/web"]));
+        let not_spiffe =
+            ca.issue(&LeafSpec::svid("spiffe://x/y").uris(vec!["https://example.org/web"]));
         let e = SpiffeId::from_certificate(&not_spiffe.cert_der).unwrap_err();
         assert!(e.reason.contains("spiffe://"), "{e}");
 

@@ -273,7 +273,10 @@ fn a_malformed_svid_is_never_served_and_is_reported() {
             let s = source.identity().status();
             (s.reloads_failed == i as u64 + 1).then_some(s)
         });
-        let last = status.last_error.clone().expect("the refusal is in the status");
+        let last = status
+            .last_error
+            .clone()
+            .expect("the refusal is in the status");
         assert!(
             last.message.contains(reason),
             "{what}: {:?} should say {reason:?}",
@@ -285,7 +288,10 @@ fn a_malformed_svid_is_never_served_and_is_reported() {
             last.message
         );
         assert_eq!(status.generation, 1, "{what}");
-        assert_eq!(status.health(std::time::SystemTime::now()), Health::Degraded);
+        assert_eq!(
+            status.health(std::time::SystemTime::now()),
+            Health::Degraded
+        );
         let conn = connect(server.addr, &config, "localhost").expect("the last good is served");
         assert_eq!(
             conn.fingerprint,
@@ -293,8 +299,16 @@ fn a_malformed_svid_is_never_served_and_is_reported() {
             "{what} must never be served"
         );
     }
-    assert_eq!(failures.lock().unwrap().len(), 4, "each refusal is announced");
-    assert_eq!(source.status().refused, 3, "three refused by the SPIFFE rules");
+    assert_eq!(
+        failures.lock().unwrap().len(),
+        4,
+        "each refusal is announced"
+    );
+    assert_eq!(
+        source.status().refused,
+        3,
+        "three refused by the SPIFFE rules"
+    );
 
     let fixed = issue(&ca, SERVER_ID);
     world.agent.set_svids(vec![svid(&fixed, SERVER_ID)]);
@@ -322,7 +336,10 @@ fn the_stream_dropped_for_five_seconds_fails_no_handshake_and_reconnects() {
     assert!(source.trust().status().outage.is_some());
     assert!(!source.status().connected);
     assert_eq!(
-        source.identity().status().health(std::time::SystemTime::now()),
+        source
+            .identity()
+            .status()
+            .health(std::time::SystemTime::now()),
         Health::Degraded
     );
     let before = source.status().outages;
@@ -395,7 +412,9 @@ fn a_bundle_rotation_ca1_to_ca2_refuses_ca1_clients_even_on_connections_opened_b
     );
 
     // CA1 + CA2: both accepted.
-    world.agent.set_bundle(TD, vec![ca1.cert_der(), ca2.cert_der()]);
+    world
+        .agent
+        .set_bundle(TD, vec![ca1.cert_der(), ca2.cert_der()]);
     wait_for("trust generation 2", PATIENCE, || {
         (source.trust().status().generation == 2).then_some(())
     });
@@ -419,7 +438,10 @@ fn a_bundle_rotation_ca1_to_ca2_refuses_ca1_clients_even_on_connections_opened_b
     });
     wait_served(server.addr, &client2, &server_by_2);
     let refused = connect(server.addr, &client1, "localhost");
-    assert!(refused.is_err(), "CA1 client refused after the final update");
+    assert!(
+        refused.is_err(),
+        "CA1 client refused after the final update"
+    );
     let early_result = handshake_on(early, &client1);
     assert!(
         early_result.is_err(),
@@ -450,7 +472,11 @@ fn the_endpoint_comes_from_spiffe_endpoint_socket_and_a_missing_one_is_a_clear_e
     std::env::remove_var(hitless::SPIFFE_ENDPOINT_SOCKET);
     let e = world
         .rt
-        .block_on(SpiffeSource::builder().crypto_provider(provider()).connect())
+        .block_on(
+            SpiffeSource::builder()
+                .crypto_provider(provider())
+                .connect(),
+        )
         .unwrap_err();
     assert!(e.to_string().contains("SPIFFE_ENDPOINT_SOCKET"), "{e}");
 

@@ -53,9 +53,7 @@ pub mod proto {
 }
 
 use proto::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
-use proto::{
-    X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest, X509svidResponse,
-};
+use proto::{X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest, X509svidResponse};
 
 /// The metadata header every Workload API client must send (SPIFFE Workload API spec §6.2).
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -342,14 +340,13 @@ fn x509_svid_response(contents: &Contents) -> Result<X509svidResponse, Status> {
             .iter()
             .map(|s| X509svid {
                 spiffe_id: s.spiffe_id.clone(),
-                x509_svid: concat(&s.chain_der).into(),
-                x509_svid_key: s.key_pkcs8_der.clone().into(),
+                x509_svid: concat(&s.chain_der),
+                x509_svid_key: s.key_pkcs8_der.clone(),
                 bundle: contents
                     .bundles
                     .get(s.trust_domain())
                     .map(|b| concat(b))
-                    .unwrap_or_default()
-                    .into(),
+                    .unwrap_or_default(),
                 hint: s.hint.clone(),
             })
             .collect(),
@@ -358,7 +355,7 @@ fn x509_svid_response(contents: &Contents) -> Result<X509svidResponse, Status> {
             .bundles
             .iter()
             .filter(|(td, _)| !own.contains(&td.as_str()))
-            .map(|(td, cas)| (trust_domain_id(td), concat(cas).into()))
+            .map(|(td, cas)| (trust_domain_id(td), concat(cas)))
             .collect::<HashMap<_, _>>(),
     })
 }
@@ -372,7 +369,7 @@ fn x509_bundles_response(contents: &Contents) -> Result<X509BundlesResponse, Sta
         bundles: contents
             .bundles
             .iter()
-            .map(|(td, cas)| (trust_domain_id(td), concat(cas).into()))
+            .map(|(td, cas)| (trust_domain_id(td), concat(cas)))
             .collect(),
     })
 }
@@ -415,7 +412,10 @@ impl Service {
                 let (reply, delay) = {
                     let p = published.borrow_and_update();
                     if !p.serving {
-                        (Err(Status::unavailable("agent is restarting")), Duration::ZERO)
+                        (
+                            Err(Status::unavailable("agent is restarting")),
+                            Duration::ZERO,
+                        )
                     } else {
                         (message(&p.contents), p.delay)
                     }

@@ -35,7 +35,9 @@ async fn streams_contents_and_every_update() {
         c.bundles.insert("other.org".into(), vec![other.cert_der()]);
     });
 
-    let client = WorkloadApiClient::connect_to(agent.endpoint()).await.unwrap();
+    let client = WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
     let mut stream = client.stream_x509_contexts().await.unwrap();
     let first = tokio::time::timeout(TIMEOUT, stream.next())
         .await
@@ -103,7 +105,9 @@ async fn a_restart_ends_streams_and_refuses_connections_until_restored() {
         c.svids = vec![svid(&ca, "spiffe://example.org/web")];
         c.bundles.insert("example.org".into(), vec![ca.cert_der()]);
     });
-    let client = WorkloadApiClient::connect_to(agent.endpoint()).await.unwrap();
+    let client = WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
     let mut stream = client.stream_x509_contexts().await.unwrap();
     stream.next().await.unwrap().unwrap();
 
@@ -117,12 +121,19 @@ async fn a_restart_ends_streams_and_refuses_connections_until_restored() {
         }
     })
     .await;
-    assert!(ended.is_ok(), "the stream did not end when the agent stopped");
+    assert!(
+        ended.is_ok(),
+        "the stream did not end when the agent stopped"
+    );
     assert!(!agent.socket_path().exists());
-    assert!(WorkloadApiClient::connect_to(agent.endpoint()).await.is_err());
+    assert!(WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .is_err());
 
     agent.restart().unwrap();
-    let client = WorkloadApiClient::connect_to(agent.endpoint()).await.unwrap();
+    let client = WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
     let mut stream = client.stream_x509_contexts().await.unwrap();
     let ctx = tokio::time::timeout(TIMEOUT, stream.next())
         .await
@@ -145,7 +156,9 @@ async fn refuses_a_call_without_the_security_header_and_without_an_identity() {
     let ca = Ca::new_root("example.org CA", KeyType::EcP256);
 
     // No identity yet: PermissionDenied, as SPIRE answers an unregistered workload.
-    let client = WorkloadApiClient::connect_to(agent.endpoint()).await.unwrap();
+    let client = WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
     let e = client.fetch_x509_context().await.unwrap_err();
     assert!(
         matches!(e, spiffe::WorkloadApiError::NoIdentityIssued),
@@ -179,7 +192,11 @@ async fn refuses_a_call_without_the_security_header_and_without_an_identity() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert_eq!(agent.refused_without_header(), 1);
-    assert_eq!(agent.x509_svid_calls(), calls, "a refused call is not served");
+    assert_eq!(
+        agent.x509_svid_calls(),
+        calls,
+        "a refused call is not served"
+    );
 
     // The same call with the header is served.
     let mut request = tonic::Request::new(X509svidRequest::default());

@@ -298,7 +298,8 @@ impl Ca {
             .chain(spec.ips.iter().map(|ip| SanType::IpAddress(*ip)))
             .chain(spec.uris.iter().map(|u| {
                 SanType::URI(
-                    Ia5String::try_from(u.as_str()).unwrap_or_else(|e| panic!("URI SAN {u:?}: {e}")),
+                    Ia5String::try_from(u.as_str())
+                        .unwrap_or_else(|e| panic!("URI SAN {u:?}: {e}")),
                 )
             }))
             .collect();
@@ -466,9 +467,7 @@ impl LeafSpec {
             .strip_prefix("spiffe://")
             .and_then(|rest| rest.split_once('/'))
             .map_or(spiffe_id, |(_, path)| path);
-        LeafSpec::client(cn)
-            .server_auth(true)
-            .uris(vec![spiffe_id])
+        LeafSpec::client(cn).server_auth(true).uris(vec![spiffe_id])
     }
 
     /// Replace the URI SANs.

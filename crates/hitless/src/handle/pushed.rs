@@ -226,7 +226,9 @@ impl IdentityPublisher {
         // A digest no content has: the offer is never "unchanged".
         let mut digest = Sha256::new();
         digest.update(b"hitless refused by the provider");
-        let _ = self.reloading.offer(digest.finalize().into(), |_| Err(error));
+        let _ = self
+            .reloading
+            .offer(digest.finalize().into(), |_| Err(error));
     }
 }
 

@@ -79,7 +79,11 @@ pub(crate) struct Backoff {
 impl Backoff {
     pub(crate) fn new(min: Duration, max: Duration) -> Backoff {
         let max = max.max(min);
-        Backoff { min, max, next: min }
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
     }
 
     /// The wait before the next attempt; doubles the one after.
@@ -255,9 +259,9 @@ pub(crate) fn check(context: &X509Context, selection: &Selection) -> Result<Upda
 fn check_not_ca(leaf: &[u8]) -> Result<(), SpiffeError> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf)
         .map_err(|e| SpiffeError::Message(format!("cannot parse the leaf: {e}")))?;
-    let is_ca = cert.extensions().iter().any(|ext| {
-        matches!(ext.parsed_extension(), ParsedExtension::BasicConstraints(bc) if bc.ca)
-    });
+    let is_ca = cert.extensions().iter().any(
+        |ext| matches!(ext.parsed_extension(), ParsedExtension::BasicConstraints(bc) if bc.ca),
+    );
     if is_ca {
         return Err(SpiffeError::LeafIsCa);
     }
@@ -362,7 +366,8 @@ mod tests {
         agent.update(|c| {
             c.svids = vec![first.clone()];
             c.bundles.insert("example.org".into(), vec![ca.cert_der()]);
-            c.bundles.insert("other.org".into(), vec![other_td.cert_der()]);
+            c.bundles
+                .insert("other.org".into(), vec![other_td.cert_der()]);
         });
         let mut feed = Feed::new(
             agent.endpoint(),
@@ -389,7 +394,10 @@ mod tests {
 
         // Refused, each for its reason, and the stream goes on.
         agent.set_svids(vec![Svid::garbage(ID)]);
-        assert!(matches!(next(&mut feed).await, FeedEvent::Refused(SpiffeError::Message(_))));
+        assert!(matches!(
+            next(&mut feed).await,
+            FeedEvent::Refused(SpiffeError::Message(_))
+        ));
         agent.set_svids(vec![svid(&stranger, &LeafSpec::svid(ID))]);
         match next(&mut feed).await {
             FeedEvent::Refused(SpiffeError::Chain { trust_domain, .. }) => {
@@ -404,8 +412,14 @@ mod tests {
             FeedEvent::Update(u) => assert_eq!(u.spiffe_id.as_str(), "spiffe://example.org/other"),
             other => panic!("expected an update, got {other:?}"),
         }
-        let two_uris = svid(&ca, &LeafSpec::svid(ID).uris(vec![ID, "spiffe://example.org/x"]));
-        assert!(matches!(next_after(&agent, &mut feed, two_uris).await, FeedEvent::Refused(_)));
+        let two_uris = svid(
+            &ca,
+            &LeafSpec::svid(ID).uris(vec![ID, "spiffe://example.org/x"]),
+        );
+        assert!(matches!(
+            next_after(&agent, &mut feed, two_uris).await,
+            FeedEvent::Refused(_)
+        ));
         agent.update(|c| {
             c.bundles.remove("example.org");
             c.svids = vec![svid(&ca, &LeafSpec::svid(ID))];
@@ -454,12 +468,17 @@ mod tests {
         agent.update(|c| {
             c.svids = vec![svid(&ca, &LeafSpec::svid(ID)), second];
             c.bundles.insert("example.org".into(), vec![ca.cert_der()]);
-            c.bundles.insert("other.org".into(), vec![other_td.cert_der()]);
+            c.bundles
+                .insert("other.org".into(), vec![other_td.cert_der()]);
         });
         let mut selection = selection();
         selection.federated = true;
         selection.spiffe_id = Some(SpiffeId::parse(admin).unwrap());
-        let mut feed = Feed::new(agent.endpoint(), selection, Backoff::new(Duration::from_millis(50), Duration::from_millis(50)));
+        let mut feed = Feed::new(
+            agent.endpoint(),
+            selection,
+            Backoff::new(Duration::from_millis(50), Duration::from_millis(50)),
+        );
         let FeedEvent::Update(u) = next(&mut feed).await else {
             panic!("expected an update")
         };
@@ -470,8 +489,14 @@ mod tests {
 
         let mut selection = feed.selection.clone();
         selection.spiffe_id = Some(SpiffeId::parse("spiffe://example.org/absent").unwrap());
-        let mut feed = Feed::new(agent.endpoint(), selection, Backoff::new(Duration::from_millis(50), Duration::from_millis(50)));
-        assert!(matches!(next(&mut feed).await, FeedEvent::Refused(SpiffeError::NoSvid(id)) if id == "spiffe://example.org/absent"));
+        let mut feed = Feed::new(
+            agent.endpoint(),
+            selection,
+            Backoff::new(Duration::from_millis(50), Duration::from_millis(50)),
+        );
+        assert!(
+            matches!(next(&mut feed).await, FeedEvent::Refused(SpiffeError::NoSvid(id)) if id == "spiffe://example.org/absent")
+        );
     }
 
     #[test]

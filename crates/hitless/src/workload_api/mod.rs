@@ -21,11 +21,11 @@ use std::time::{Duration, SystemTime};
 
 use rustls::crypto::CryptoProvider;
 
-use crate::{IdentityPublisher, TrustPublisher};
 use crate::identity::default_provider;
 use crate::snapshot::lock;
 use crate::spiffe_id::{InvalidSpiffeId, SpiffeId};
 use crate::{Error, ReloadingIdentity, ReloadingTrust, Role};
+use crate::{IdentityPublisher, TrustPublisher};
 
 use feed::{Backoff, Feed, FeedEvent, Selection, Update};
 
@@ -277,7 +277,14 @@ fn first_handles(
     role: Role,
     provider: &Arc<CryptoProvider>,
     update: &Update,
-) -> Result<(ReloadingIdentity, ReloadingTrust, (IdentityPublisher, TrustPublisher)), Error> {
+) -> Result<
+    (
+        ReloadingIdentity,
+        ReloadingTrust,
+        (IdentityPublisher, TrustPublisher),
+    ),
+    Error,
+> {
     let (trust, trust_publisher) = ReloadingTrust::pushed(format!("{name} bundle"))
         .origin(origin)
         .crypto_provider(provider.clone())
