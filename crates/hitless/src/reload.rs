@@ -52,6 +52,9 @@ pub(crate) trait Load: Send + Sync + 'static {
     }
 }
 
+/// A value read or pushed that differs from the one served, with the hash of its content.
+type New<V> = (V, [u8; 32]);
+
 /// The result of one reload attempt.
 #[derive(Debug)]
 pub(crate) enum Attempt {
@@ -245,7 +248,7 @@ impl<L: Load> Reloading<L> {
         &self,
         report: bool,
         sources: Vec<PathBuf>,
-        outcome: Result<Option<(L::Value, [u8; 32])>, Error>,
+        outcome: Result<Option<New<L::Value>>, Error>,
     ) -> Attempt {
         let mut state = lock(&self.state);
         match outcome {

@@ -5,6 +5,9 @@
 #[path = "../examples/axum_mtls.rs"]
 #[allow(dead_code)]
 mod axum_mtls;
+#[path = "../examples/axum_server_mtls.rs"]
+#[allow(dead_code)]
+mod axum_server_mtls;
 #[path = "../examples/hyper_client.rs"]
 #[allow(dead_code)]
 mod hyper_client;
@@ -282,6 +285,87 @@ async fn axum_server_and_hyper_client_through_a_rotation() {
         "{}",
         seen.answers[0]
     );
+}
+
+/// axum-server owns its accept loop: `RustlsConfig::reload_from_config` is driven by
+/// `ReloadingServerConfig::subscribe`. Its handler cannot see the client certificate, so the
+/// rotation is judged by the server certificate; the rotated client identity must get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axum_server_crate_and_hyper_client_through_a_rotation() {
+    let (pki, first_server, _) = Pki::new();
+    let tls = axum_server_mtls::tls(&pki.server_pem, &pki.ca_pem).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rustls_config = axum_server_mtls::follow(&tls);
+    let first_config = rustls_config.get_inner();
+    assert!(std::sync::Arc::ptr_eq(&first_config, &tls.current()));
+    let server = tokio::spawn(axum_server_mtls::serve(
+        listener,
+        rustls_config.clone(),
+        axum_server_mtls::app(),
+    ));
+    let client_tls = client_tls_full_handshakes(&pki);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build::<_, http_body_util::Empty<hyper::body::Bytes>>(hyper_client::Connector::new(
+            client_tls,
+        ));
+    let url: hyper::Uri = format!("https://127.0.0.1:{}/", addr.port())
+        .parse()
+        .unwrap();
+    let request = || async {
+        let response = client
+            .get(url.clone())
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let fingerprint = response
+            .extensions()
+            .get::<hyper_client::ServerCertificate>()
+            .map(|c| hitless_test_pki::sha256_hex(&c.0))
+            .ok_or("no server certificate")?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((
+            fingerprint,
+            String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        ))
+    };
+    let saw_new_server = |seen: &Seen, server: &Leaf, _: &Leaf| {
+        seen.server_fingerprints.last() == Some(&server.fingerprint_sha256_hex())
+    };
+    let (seen, _, _) = run_through_rotation(&pki, 5, request, saw_new_server).await;
+    // A few more requests after the rotation, with the rotated client identity.
+    for _ in 0..5 {
+        if let Err(e) = request().await {
+            panic!("request after the rotation failed: {e}");
+        }
+    }
+    server.abort();
+    // axum-server was handed the configuration built for the rotation (new session binding).
+    assert!(
+        !std::sync::Arc::ptr_eq(&rustls_config.get_inner(), &first_config),
+        "reload_from_config was not called on the rotation"
+    );
+    assert!(std::sync::Arc::ptr_eq(
+        &rustls_config.get_inner(),
+        &tls.current()
+    ));
+    assert!(
+        seen.failures.is_empty(),
+        "failed requests: {:?}",
+        seen.failures
+    );
+    assert_eq!(
+        seen.server_fingerprints[0],
+        first_server.fingerprint_sha256_hex()
+    );
+    assert!(seen.answers.iter().all(|a| a == "hello\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
