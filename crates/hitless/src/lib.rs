@@ -224,6 +224,11 @@
 //! - **Extend** with sources that are not files: [`ReloadingIdentity::pushed`]
 //!   ([`PushedIdentityBuilder`], [`IdentityPublisher`]), [`ReloadingTrust::pushed`]
 //!   ([`PushedTrustBuilder`], [`TrustPublisher`]).
+//! - **SPIFFE**: [`SpiffeId`] and [`SpiffeIdMatcher`] (authorize peers by SPIFFE ID: exact, or
+//!   every ID under a path with a trailing `/*`), [`InvalidSpiffeId`]; with feature `spiffe`,
+//!   the Workload API as a source: `SpiffeSource` (`SpiffeSourceBuilder`), whose identity and
+//!   trust are ordinary pushed handles, with `WorkloadApiStatus`, `SpiffeError` and
+//!   `SPIFFE_ENDPOINT_SOCKET`.
 //! - **Validated values**: [`Identity`] (and [`Role`]), [`Trust`], [`CertInfo`], [`CrlInfo`],
 //!   held in a [`Snapshot`]; one-shot loading: [`Identity::load`], [`read_credential_file`].
 //! - **Observe**: [`Status`] (with [`Status::DEFAULT_EXPIRING_SOON`]), [`Health`],
