@@ -4,6 +4,9 @@
 #![cfg(feature = "spiffe")]
 
 mod common;
+#[path = "../examples/spiffe_mtls.rs"]
+#[allow(dead_code)]
+mod spiffe_mtls;
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -496,4 +499,34 @@ fn the_endpoint_comes_from_spiffe_endpoint_socket_and_a_missing_one_is_a_clear_e
     let message = e.to_string();
     assert!(message.contains("nobody.sock"), "{message}");
     assert!(message.contains("no valid X.509-SVID"), "{message}");
+}
+
+#[test]
+fn the_spiffe_mtls_example_follows_rotations_without_a_failed_call() {
+    let ca = Ca::new_root("example.org CA", KeyType::EcP256);
+    let first = issue(&ca, SERVER_ID);
+    let world = World::start(&ca, &first);
+    let source = world.source();
+    let rotated = Arc::new(AtomicU64::new(0));
+    let report = thread::scope(|scope| {
+        let (agent, rotated) = (&world.agent, rotated.clone());
+        scope.spawn(move || {
+            for _ in 0..8 {
+                thread::sleep(Duration::from_millis(300));
+                agent.set_svids(vec![svid(&issue(&ca, SERVER_ID), SERVER_ID)]);
+                rotated.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        world
+            .rt
+            .block_on(spiffe_mtls::exercise(&source, Duration::from_secs(4)))
+            .unwrap()
+    });
+    assert_eq!(rotated.load(Ordering::SeqCst), 8);
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(report.ok > 0, "{report:?}");
+    assert!(
+        report.svids_served >= 2,
+        "rotations were served: {report:?}"
+    );
 }
