@@ -530,3 +530,34 @@ fn the_spiffe_mtls_example_follows_rotations_without_a_failed_call() {
         "rotations were served: {report:?}"
     );
 }
+
+#[test]
+fn an_svid_expiring_during_an_outage_is_announced() {
+    let ca = Ca::new_root("example.org CA", KeyType::EcP256);
+    let now = time::OffsetDateTime::now_utc();
+    let short = ca.issue(&LeafSpec::svid(SERVER_ID).dns(vec!["localhost"]).valid(
+        now - time::Duration::hours(1),
+        now + time::Duration::seconds(3),
+    ));
+    let world = World::start(&ca, &short);
+    let source = world.source();
+    let expired = Arc::new(AtomicBool::new(false));
+    let e = expired.clone();
+    source.identity().subscribe(move |event| {
+        if matches!(event, Event::Expired { .. }) {
+            e.store(true, Ordering::SeqCst);
+        }
+    });
+    world.rt.block_on(world.agent.stop());
+    wait_for("the outage", PATIENCE, || source.identity().status().outage);
+    // Nothing is published during the outage; the source still notices the expiry.
+    wait_for("the Expired event", PATIENCE, || {
+        expired.load(Ordering::SeqCst).then_some(())
+    });
+    let status = source.identity().status();
+    assert_eq!(status.health(std::time::SystemTime::now()), Health::Expired);
+    assert_eq!(
+        status.generation, 1,
+        "the expired SVID is still the one served"
+    );
+}

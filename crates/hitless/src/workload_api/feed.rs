@@ -122,11 +122,15 @@ impl Feed {
         }
     }
 
-    /// The next event. Reconnects (after the backoff) when no stream is open.
+    /// The next event. Reconnects (after the backoff) when no stream is open. Cancel-safe: a
+    /// dropped call loses no message and no backoff.
     pub(crate) async fn next(&mut self) -> FeedEvent {
         if self.stream.is_none() {
-            if let Some(at) = self.retry_at.take() {
+            // Cleared only once waited: a caller that drops this future (a `select!`) and
+            // calls again still waits the backoff.
+            if let Some(at) = self.retry_at {
                 tokio::time::sleep_until(at.into()).await;
+                self.retry_at = None;
             }
             match open(self.endpoint.clone()).await {
                 Ok(stream) => self.stream = Some(stream),

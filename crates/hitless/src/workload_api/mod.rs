@@ -246,6 +246,7 @@ impl SpiffeSourceBuilder {
         };
         let sink = Publishers {
             identity: publishers.0,
+            served: identity.clone(),
             trust: publishers.1,
             origin,
         };
@@ -300,6 +301,8 @@ fn first_handles(
 /// The library's sink: the publishers of the pushed handles.
 struct Publishers {
     identity: IdentityPublisher,
+    /// The identity handle itself, for expiry checks.
+    served: ReloadingIdentity,
     trust: TrustPublisher,
     origin: PathBuf,
 }
@@ -327,6 +330,10 @@ impl Sink for Publishers {
     fn outage(&self, reason: &str) {
         self.identity.report_outage(reason);
         self.trust.report_outage(reason);
+    }
+
+    fn tick(&self) {
+        self.served.check_expiry();
     }
 }
 
@@ -386,7 +393,13 @@ pub(crate) trait Sink: Send + Sync + 'static {
     fn refused(&self, error: &SpiffeError);
     /// The stream is broken: report the outage (the last good keeps serving).
     fn outage(&self, reason: &str);
+    /// Called every [`EXPIRY_CHECK`] whatever the stream does: announce expiry if due (an SVID
+    /// may expire during a long outage, when nothing is published).
+    fn tick(&self);
 }
+
+/// How often a source checks whether what it serves expires (a status computation: cheap).
+const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 
 /// What the stream has been doing, for status pages.
 #[derive(Debug, Default)]
@@ -486,8 +499,16 @@ impl FeedState {
 
 /// Reads `feed` forever, applying each event to `sink` and recording it in `state`.
 pub(crate) async fn run(mut feed: Feed, sink: impl Sink, state: Arc<FeedState>) {
+    let mut expiry = tokio::time::interval(EXPIRY_CHECK);
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let event = feed.next().await;
+        let event = tokio::select! {
+            event = feed.next() => event,
+            _ = expiry.tick() => {
+                sink.tick();
+                continue;
+            }
+        };
         if state.record(&event) {
             tracing::info!("Workload API stream delivering again");
         }
