@@ -225,7 +225,9 @@
 //!   ([`PushedIdentityBuilder`], [`IdentityPublisher`]), [`ReloadingTrust::pushed`]
 //!   ([`PushedTrustBuilder`], [`TrustPublisher`]).
 //! - **SPIFFE**: [`SpiffeId`] and [`SpiffeIdMatcher`] (authorize peers by SPIFFE ID: exact, or
-//!   every ID under a path with a trailing `/*`), [`InvalidSpiffeId`]; with feature `spiffe`,
+//!   every ID under a path with a trailing `/*`), [`InvalidSpiffeId`],
+//!   [`SpiffeServerCertVerifier`] (a client verifies its server by SPIFFE ID against the
+//!   current trust); with feature `spiffe`,
 //!   the Workload API as a source: `SpiffeSource` (`SpiffeSourceBuilder`), whose identity and
 //!   trust are ordinary pushed handles, with `WorkloadApiStatus`, `SpiffeError` and
 //!   `SPIFFE_ENDPOINT_SOCKET`.
@@ -268,6 +270,7 @@ mod rustls;
 mod snapshot;
 mod source;
 mod spiffe_id;
+mod spiffe_verify;
 mod trust;
 #[cfg(feature = "spiffe")]
 mod workload_api;
@@ -290,6 +293,7 @@ pub use identity::{CertInfo, Identity, Role};
 pub use snapshot::{Event, Health, LastError, Outage, Snapshot, Status};
 pub use source::{read_credential_file, IdentitySource, Password};
 pub use spiffe_id::{InvalidSpiffeId, SpiffeId, SpiffeIdMatcher};
+pub use spiffe_verify::SpiffeServerCertVerifier;
 pub use trust::{CrlInfo, Trust, TrustSource};
 #[cfg(feature = "spiffe")]
 pub use workload_api::{

@@ -561,3 +561,73 @@ fn an_svid_expiring_during_an_outage_is_announced() {
         "the expired SVID is still the one served"
     );
 }
+
+#[test]
+fn a_client_verifies_the_server_by_spiffe_id_not_by_name() {
+    let ca = Ca::new_root("example.org CA", KeyType::EcP256);
+    // An SVID as SPIRE issues it by default: the SPIFFE ID only, no DNS name.
+    let first = ca.issue(&LeafSpec::svid(SERVER_ID));
+    let world = World::start(&ca, &first);
+    let source = world.source();
+    let server = server(&source);
+    let client_allowing = |patterns: &[&str]| {
+        let verifier = hitless::SpiffeServerCertVerifier::new(
+            source.trust(),
+            hitless::SpiffeIdMatcher::new(patterns).unwrap(),
+        );
+        hitless::ReloadingClientConfig::builder(source.trust())
+            .identities(vec![source.identity().clone()])
+            .crypto_provider(provider())
+            .configure(move |c| {
+                c.dangerous().set_certificate_verifier(verifier.clone());
+                c.resumption = rustls::client::Resumption::disabled();
+            })
+            .build()
+            .unwrap()
+    };
+
+    let exact = client_allowing(&[SERVER_ID]);
+    let conn = connect(server.addr, &exact.current(), "any-name")
+        .expect("the server's SPIFFE ID is allowed; the name is not checked");
+    assert_eq!(conn.fingerprint, first.fingerprint_sha256_hex());
+    let under = client_allowing(&["spiffe://example.org/ns/prod/*"]);
+    connect(server.addr, &under.current(), "localhost").expect("allowed by prefix");
+
+    let elsewhere = client_allowing(&["spiffe://example.org/ns/dev/*", CLIENT_ID]);
+    let e = connect(server.addr, &elsewhere.current(), "localhost")
+        .err()
+        .expect("a server outside the allowed IDs is refused");
+    assert!(e.contains("not allowed"), "{e}");
+
+    // A name-checking client cannot talk to this server at all: why the verifier exists.
+    let by_name = hitless::ReloadingClientConfig::builder(source.trust())
+        .identities(vec![source.identity().clone()])
+        .crypto_provider(provider())
+        .build()
+        .unwrap();
+    assert!(connect(server.addr, &by_name.current(), "localhost").is_err());
+
+    // The chain still counts: after a bundle rotation to another CA (and the server's SVID
+    // with it), the verifier takes the new trust, and an SVID of the old CA is refused.
+    let ca2 = Ca::new_root("example.org CA 2", KeyType::EcP256);
+    let second = ca2.issue(&LeafSpec::svid(SERVER_ID));
+    world.agent.update(|c| {
+        c.svids = vec![svid(&second, SERVER_ID)];
+        c.bundles.insert(TD.into(), vec![ca2.cert_der()]);
+    });
+    wait_for("the new SVID served", PATIENCE, || {
+        connect(server.addr, &exact.current(), "localhost")
+            .ok()
+            .filter(|c| c.fingerprint == second.fingerprint_sha256_hex())
+    });
+    let stale = Server::start(Arc::new(
+        common::server_builder()
+            .with_no_client_auth()
+            .with_single_cert(first.rustls_chain(), first.rustls_key())
+            .unwrap(),
+    ));
+    let e = connect(stale.addr, &exact.current(), "localhost")
+        .err()
+        .expect("an SVID of a CA no longer in the bundle is refused");
+    assert!(e.contains("UnknownIssuer") || e.contains("issuer"), "{e}");
+}
