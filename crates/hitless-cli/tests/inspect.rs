@@ -725,3 +725,106 @@ fn devices_and_pipes_are_refused_not_read() {
         show(&out)
     );
 }
+
+/// Runs `hitless serve --config CONFIG --check`, failing if it has not ended within a minute
+/// (it only loads the files and prints its verdict).
+fn serve_check(config: &Path) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hitless"))
+        .args(["serve", "--check", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run hitless serve --check");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().expect("wait for hitless serve").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("hitless serve --check did not end");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collect the output")
+}
+
+#[test]
+fn inspect_and_serve_check_refuse_an_identity_with_the_same_reason() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = root();
+    let now = OffsetDateTime::now_utc();
+    // Refusals of every kind: a chain rule (a client-only leaf served as a server), the
+    // validity of the leaf, and the PEM reader's (a file cut inside a BEGIN line, which
+    // `inspect`'s own PEM reading used to accept, and an encrypted key, which it used to
+    // describe in other words).
+    let client_only = ca.issue(
+        &LeafSpec::client("localhost").valid(now - Duration::hours(1), now + Duration::days(30)),
+    );
+    let expired = leaf(&ca, Duration::days(-30), Duration::days(-1));
+    let cases = [
+        (
+            bundle_of(
+                dir.path(),
+                "client.pem",
+                &[&client_only.cert_pem],
+                &client_only,
+            ),
+            "has extendedKeyUsage without serverAuth",
+        ),
+        (
+            bundle_of(dir.path(), "expired.pem", &[&expired.cert_pem], &expired),
+            "certificate expired at",
+        ),
+        (
+            write(
+                dir.path(),
+                "cut.pem",
+                format!("{}-----BEG", client_only.bundle_pem(KeyFormat::Pkcs8)),
+            ),
+            "the file ends inside a \"-----BEGIN\" line",
+        ),
+        (
+            write(
+                dir.path(),
+                "encrypted.pem",
+                format!(
+                    "{}-----BEGIN ENCRYPTED PRIVATE KEY-----\nMAMCAQE=\n-----END ENCRYPTED \
+                     PRIVATE KEY-----\n",
+                    client_only.cert_pem
+                ),
+            ),
+            "the private key is encrypted",
+        ),
+    ];
+    for (bundle, reason) in cases {
+        let config = write(
+            dir.path(),
+            "hitless.toml",
+            format!(
+                "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[identity]]\nname = \"api\"\nbundle = {:?}\n",
+                bundle.display().to_string()
+            ),
+        );
+        let served = serve_check(&config);
+        let served_text = stdout(&served);
+        assert_ne!(code(&served), 0, "{}", show(&served));
+        let serve_reason = served_text
+            .lines()
+            .find_map(|l| l.strip_prefix("identity api: ERROR "))
+            .unwrap_or_else(|| panic!("no identity error from serve --check:\n{}", show(&served)))
+            .to_string();
+        assert!(serve_reason.contains(reason), "{serve_reason}");
+
+        let out = inspect(&[&bundle, &"--role", &"server"]);
+        assert_eq!(code(&out), 1, "{}", show(&out));
+        assert!(
+            stdout(&out).lines().any(|l| {
+                let l = l.trim();
+                l == format!("error: {serve_reason}")
+                    || l == format!("error: hitless would refuse it: {serve_reason}")
+            }),
+            "inspect must refuse with serve's reason {serve_reason:?}:\n{}",
+            show(&out)
+        );
+    }
+}

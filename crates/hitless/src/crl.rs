@@ -113,23 +113,14 @@ impl Crl {
             path: path.to_owned(),
             reason,
         };
-        let (_, crl) =
-            CertificateRevocationList::from_der(der.as_ref()).map_err(|e| fail(e.to_string()))?;
-        let issuer_text = crl.issuer().to_string();
+        let crl = parse(path, der.as_ref())?;
         let issuer = crl.issuer().as_raw().to_vec();
-        let signer = check_signature(der.as_ref(), &issuer, &issuer_text, anchors, provider)
+        let mut info = facts(path, &crl);
+        let signer = check_signature(der.as_ref(), &issuer, &info.issuer, anchors, provider)
             .map_err(fail)?;
+        info.verified_by = signer.map(|(_, fingerprint)| fingerprint.to_string());
         let number = crl.crl_number().cloned();
         let this_update = crl.last_update().timestamp();
-        let info = CrlInfo {
-            path: path.to_owned(),
-            issuer: issuer_text,
-            this_update: unix_to_system(this_update),
-            next_update: crl.next_update().map(|t| unix_to_system(t.timestamp())),
-            revoked: crl.iter_revoked_certificates().count(),
-            number: number.as_ref().map(BigUint::to_string),
-            verified_by: signer.map(|(_, fingerprint)| fingerprint.to_string()),
-        };
         let scope = crl
             .extensions()
             .iter()
@@ -181,6 +172,32 @@ impl Crl {
             (Some(new), Some(old)) => new < old,
             _ => self.this_update < in_force.this_update,
         }
+    }
+}
+
+/// Parses a DER CRL read from `path` ([`Error::CrlUnreadable`] with the parser's error).
+pub(crate) fn parse<'a>(
+    path: &Path,
+    der: &'a [u8],
+) -> Result<CertificateRevocationList<'a>, Error> {
+    CertificateRevocationList::from_der(der)
+        .map(|(_, crl)| crl)
+        .map_err(|e| Error::CrlUnreadable {
+            path: path.to_owned(),
+            source: Box::new(x509_parser::error::X509Error::from(e)),
+        })
+}
+
+/// The facts of a parsed CRL, its signer not checked (`verified_by` is `None`).
+pub(crate) fn facts(path: &Path, crl: &CertificateRevocationList<'_>) -> CrlInfo {
+    CrlInfo {
+        path: path.to_owned(),
+        issuer: crl.issuer().to_string(),
+        this_update: unix_to_system(crl.last_update().timestamp()),
+        next_update: crl.next_update().map(|t| unix_to_system(t.timestamp())),
+        revoked: crl.iter_revoked_certificates().count(),
+        number: crl.crl_number().map(BigUint::to_string),
+        verified_by: None,
     }
 }
 

@@ -2,6 +2,15 @@
 //!
 //! Every variant names the file it is about and the reason, so that the message alone tells an
 //! operator what to fix. Errors are values, never panics: any input, however broken, ends here.
+//!
+//! Where a reason comes from another error (the operating system, the X.509 or PKCS#12 parser,
+//! rustls), that error is kept and returned by [`std::error::Error::source`], so a program can
+//! look at it; its text is also part of the message (the message alone must say what to fix),
+//! so a printer that walks the whole chain repeats it. Errors of crates that are not part of
+//! hitless's public API (x509-parser, p12-keystore, notify) are kept boxed: downcast the source
+//! to their type to look inside, e.g. `x509_parser::error::X509Error`. `reason` strings remain
+//! only where no error lies underneath: a refusal by policy (an expired CRL signer, a rollback,
+//! a chain a peer would refuse).
 
 use std::io;
 use std::path::PathBuf;
@@ -12,12 +21,13 @@ use std::time::SystemTime;
 #[non_exhaustive]
 pub enum Error {
     /// The file could not be read (missing, permission denied, ...).
-    #[error("{path}: cannot read: {error}")]
+    #[error("{path}: cannot read: {source}")]
     Read {
         /// The file.
         path: PathBuf,
         /// What the operating system said.
-        error: io::Error,
+        #[source]
+        source: io::Error,
     },
 
     /// The file exists but holds nothing (or only white space).
@@ -28,23 +38,25 @@ pub enum Error {
     },
 
     /// The file is not valid PEM (truncated block, bad base64, ...).
-    #[error("{path}: invalid PEM: {reason}")]
+    #[error("{path}: invalid PEM: {source}")]
     Pem {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
-        reason: String,
+        #[source]
+        source: crate::pem::PemError,
     },
 
     /// A certificate could not be parsed as X.509.
-    #[error("{path}: certificate #{index} is not valid X.509: {reason}")]
+    #[error("{path}: certificate #{index} is not valid X.509: {source}")]
     Certificate {
         /// The file.
         path: PathBuf,
         /// Position of the certificate in the file, from 1.
         index: usize,
-        /// What the parser said.
-        reason: String,
+        /// What the parser said (an `x509_parser::error::X509Error`).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 
     /// No certificate was found where one was needed.
@@ -79,12 +91,13 @@ pub enum Error {
     },
 
     /// The private key could not be used (unsupported algorithm or curve, malformed).
-    #[error("{path}: unusable private key: {reason}")]
+    #[error("{path}: unusable private key: {source}")]
     Key {
         /// The file.
         path: PathBuf,
-        /// What rustls said.
-        reason: String,
+        /// What the crypto provider said.
+        #[source]
+        source: rustls::Error,
     },
 
     /// No certificate in the chain matches the private key.
@@ -122,12 +135,13 @@ pub enum Error {
     },
 
     /// A PKCS#12 file could not be read (corrupt, unsupported algorithm, ...).
-    #[error("{path}: invalid PKCS#12: {reason}")]
+    #[error("{path}: invalid PKCS#12: {source}")]
     Pkcs12 {
         /// The file.
         path: PathBuf,
-        /// Why.
-        reason: String,
+        /// What the PKCS#12 reader said (a `p12_keystore::error::Error`).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 
     /// The PKCS#12 integrity check failed: the password is wrong (or the file is damaged).
@@ -137,16 +151,17 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// The file-system watcher could not be set up.
-    #[error("{path}: cannot watch for changes: {reason}")]
+    /// The file-system watcher could not be set up (no file is at fault: the operating
+    /// system refused, e.g. too many inotify instances).
+    #[error("cannot watch for changes: {source}")]
     Watch {
-        /// The directory that could not be watched.
-        path: PathBuf,
-        /// What the watcher said.
-        reason: String,
+        /// What the watcher said (a `notify::Error`).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 
-    /// A trust bundle holds no usable CA certificate.
+    /// A trust bundle holds no usable CA certificate (none in the file, or a PKCS#12 file
+    /// that holds an identity rather than trusted certificates).
     #[error("{path}: no usable CA certificate: {reason}")]
     Trust {
         /// The file.
@@ -155,7 +170,10 @@ pub enum Error {
         reason: String,
     },
 
-    /// A certificate revocation list could not be used.
+    /// A certificate revocation list is refused by policy: its signature does not verify with
+    /// the trusted CA of its issuer's name, it would roll back or drop the CRL in force, or the
+    /// file holds no CRL. (A CRL that cannot be parsed is [`Error::CrlUnreadable`]; one rustls
+    /// refuses is [`Error::CrlRefused`].)
     #[error("{path}: invalid CRL: {reason}")]
     Crl {
         /// The file.
@@ -202,6 +220,110 @@ pub enum Error {
         source: rustls::Error,
     },
 
+    /// A pushed identity was refused by a rule of its provider (given to
+    /// [`PushedIdentityBuilder::require`](crate::PushedIdentityBuilder::require)), e.g. a
+    /// SPIFFE ID rule.
+    #[error("{origin}: refused: {reason}")]
+    Refused {
+        /// Where the value came from (the publisher's origin).
+        origin: PathBuf,
+        /// The rule's reason.
+        reason: String,
+    },
+
+    /// The crypto provider loaded the private key but cannot derive its public key, so the key
+    /// cannot be matched to a certificate.
+    #[error("{path}: unusable private key: the crypto provider cannot derive its public key")]
+    NoPublicKey {
+        /// The key (or bundle, or keystore) file.
+        path: PathBuf,
+    },
+
+    /// rustls refuses a certificate of a trust bundle as a trust anchor.
+    #[error("{path}: no usable CA certificate: certificate {index} ({subject}): {source}")]
+    TrustAnchor {
+        /// The file.
+        path: PathBuf,
+        /// Position of the certificate among the file's certificates, from 1.
+        index: usize,
+        /// Its subject.
+        subject: String,
+        /// What rustls said.
+        #[source]
+        source: rustls::Error,
+    },
+
+    /// rustls cannot build certificate verifiers from a trust bundle as a whole (each file
+    /// passed on its own). No one file is at fault.
+    #[error("cannot build certificate verifiers from the trust bundle: {source}")]
+    Verifier {
+        /// What rustls said.
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
+
+    /// A CRL file cannot be parsed (not DER or PEM of a CRL, truncated, ...).
+    #[error("{path}: invalid CRL: {source}")]
+    CrlUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said (an `x509_parser::error::X509Error`).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+
+    /// rustls refuses a CRL (no nextUpdate, a delta CRL, an unsupported critical extension,
+    /// ...).
+    #[error("{path}: invalid CRL: {source}")]
+    CrlRefused {
+        /// The file.
+        path: PathBuf,
+        /// What rustls said.
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
+
+    /// A PKCS#12 password file is not UTF-8 text.
+    #[error("{path}: password file is not UTF-8: {source}")]
+    PasswordNotUtf8 {
+        /// The password file.
+        path: PathBuf,
+        /// Where the bytes stop being UTF-8.
+        #[source]
+        source: std::str::Utf8Error,
+    },
+
+    /// The environment variable that should hold a PKCS#12 password is not set (or not
+    /// UTF-8).
+    #[error("{path}: password environment variable {name}: {source}")]
+    PasswordEnv {
+        /// The keystore the password is for.
+        path: PathBuf,
+        /// The variable.
+        name: String,
+        /// What the environment said.
+        #[source]
+        source: std::env::VarError,
+    },
+
+    /// A builder or loader was given nothing to load: a [`TrustSource`](crate::TrustSource)
+    /// without any CA or PKCS#12 file, a set of server identities without a member.
+    #[error("nothing to load: {what} has no {missing}")]
+    NothingToLoad {
+        /// What was being built (`trust source`, `server identities`).
+        what: &'static str,
+        /// What it lacks (`CA file or PKCS#12 trust store`, `identity`).
+        missing: &'static str,
+    },
+
+    /// The thread that detects changes could not be started.
+    #[error("cannot start the change-detection thread: {source}")]
+    DetectorThread {
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+
     /// The SPIFFE Workload API (feature `spiffe`): an update refused by the X.509-SVID rules,
     /// no endpoint configured, or no valid SVID received in time.
     #[cfg(feature = "spiffe")]
@@ -233,13 +355,24 @@ impl Error {
             | Error::Unstable { path }
             | Error::Pkcs12 { path, .. }
             | Error::WrongPassword { path }
-            | Error::Watch { path, .. }
             | Error::Trust { path, .. }
             | Error::Crl { path, .. }
-            | Error::Chain { path, .. } => Some(path),
+            | Error::Chain { path, .. }
+            | Error::NoPublicKey { path }
+            | Error::TrustAnchor { path, .. }
+            | Error::CrlUnreadable { path, .. }
+            | Error::CrlRefused { path, .. }
+            | Error::PasswordNotUtf8 { path, .. }
+            | Error::PasswordEnv { path, .. } => Some(path),
             Error::KeyMismatch { key_path, .. } => Some(key_path),
-            Error::NotLoaded { .. } => None,
-            Error::NoCryptoProvider | Error::CryptoProvider { .. } => None,
+            Error::NotLoaded { .. }
+            | Error::Watch { .. }
+            | Error::NoCryptoProvider
+            | Error::CryptoProvider { .. }
+            | Error::Verifier { .. }
+            | Error::NothingToLoad { .. }
+            | Error::DetectorThread { .. } => None,
+            Error::Refused { origin, .. } => Some(origin),
             #[cfg(feature = "spiffe")]
             Error::Spiffe { endpoint, .. } => Some(endpoint),
         }

@@ -58,16 +58,34 @@ pub struct CertInfo {
     /// The purposes of the extendedKeyUsage extension (`serverAuth`, `clientAuth`,
     /// `codeSigning`, ... or a dotted OID), `None` without the extension (any purpose).
     pub extended_key_usage: Option<Vec<String>>,
+    /// SHA-256 of the DER SubjectPublicKeyInfo, lowercase hex: equal for certificates of one
+    /// key (a renewal that kept its key), and equal to [`KeyInfo::public_key_fingerprint`] of
+    /// the certificate's private key.
+    pub public_key_fingerprint: String,
 }
 
 impl CertInfo {
     /// Parses a DER certificate (number `index` of `path`, for errors).
     pub fn parse(path: &Path, index: usize, der: &[u8]) -> Result<CertInfo, Error> {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| Error::Certificate {
-            path: path.to_owned(),
-            index,
-            reason: e.to_string(),
-        })?;
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| certificate_error(path, index, e))?;
+        Ok(Self::from_parsed(der, &cert))
+    }
+
+    /// The facts of a DER certificate, as hitless reports them for the certificates it loads.
+    /// For tools that find certificates elsewhere than in a file hitless reads (a TLS
+    /// handshake, a PKCS#12 bag). The error is the X.509 parser's, boxed (as the source of
+    /// [`Error::Certificate`]): an `x509_parser::error::X509Error`.
+    ///
+    /// ```
+    /// let error = hitless::CertInfo::from_der(b"not a certificate").unwrap_err();
+    /// assert!(!error.to_string().is_empty());
+    /// ```
+    pub fn from_der(
+        der: &[u8],
+    ) -> Result<CertInfo, Box<dyn std::error::Error + Send + Sync + 'static>> {
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(x509_parser::error::X509Error::from)?;
         Ok(Self::from_parsed(der, &cert))
     }
 
@@ -102,6 +120,7 @@ impl CertInfo {
             key_type: key_type(cert),
             is_ca: cert.is_ca(),
             extended_key_usage: extended_key_usage(cert),
+            public_key_fingerprint: hex(&Sha256::digest(cert.public_key().raw)),
         }
     }
 
@@ -109,6 +128,74 @@ impl CertInfo {
     pub fn is_valid_at(&self, now: SystemTime) -> bool {
         self.not_before <= now && now <= self.not_after
     }
+}
+
+/// Facts about a private key, as the crypto provider loads it: its algorithm, and which
+/// certificate it belongs to. The same loading and matching an [`Identity`] does, for tools
+/// that list what a file holds (`hitless inspect`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    algorithm: SignatureAlgorithm,
+    public_key_fingerprint: String,
+}
+
+impl KeyInfo {
+    /// Loads `key` (read from `path`, named in errors) with the default crypto provider (the
+    /// process default, else the one compiled in). Errors: [`Error::Key`] (the provider
+    /// refuses it: malformed, an unsupported algorithm or curve), [`Error::NoPublicKey`],
+    /// [`Error::NoCryptoProvider`].
+    pub fn from_der(path: &Path, key: &PrivateKeyDer<'_>) -> Result<KeyInfo, Error> {
+        Self::from_der_with_provider(path, key, &*default_provider()?)
+    }
+
+    /// [`KeyInfo::from_der`] with this crypto provider.
+    pub fn from_der_with_provider(
+        path: &Path,
+        key: &PrivateKeyDer<'_>,
+        provider: &CryptoProvider,
+    ) -> Result<KeyInfo, Error> {
+        let (signing_key, spki) = load_key(path, key.clone_key(), provider)?;
+        Ok(KeyInfo {
+            algorithm: signing_key.algorithm(),
+            public_key_fingerprint: hex(&Sha256::digest(&spki)),
+        })
+    }
+
+    /// The key's algorithm.
+    pub fn algorithm(&self) -> SignatureAlgorithm {
+        self.algorithm
+    }
+
+    /// SHA-256 of the key's DER SubjectPublicKeyInfo, lowercase hex.
+    pub fn public_key_fingerprint(&self) -> &str {
+        &self.public_key_fingerprint
+    }
+
+    /// Whether `cert` is a certificate for this key (same public key).
+    pub fn matches(&self, cert: &CertInfo) -> bool {
+        cert.public_key_fingerprint == self.public_key_fingerprint
+    }
+}
+
+/// Loads a private key with `provider`: the signing key and its DER SubjectPublicKeyInfo.
+fn load_key(
+    path: &Path,
+    key: PrivateKeyDer<'static>,
+    provider: &CryptoProvider,
+) -> Result<(Arc<dyn rustls::sign::SigningKey>, Vec<u8>), Error> {
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|source| Error::Key {
+            path: path.to_owned(),
+            source,
+        })?;
+    let Some(spki) = signing_key.public_key().map(|s| s.as_ref().to_vec()) else {
+        return Err(Error::NoPublicKey {
+            path: path.to_owned(),
+        });
+    };
+    Ok((signing_key, spki))
 }
 
 /// A validated identity: an ordered chain, a private key that matches its leaf, and facts.
@@ -171,6 +258,68 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// The rules of a one-shot [`Identity::load`]: the same choices an
+/// [`IdentityBuilder`](crate::IdentityBuilder) offers for a reloading identity.
+///
+/// ```
+/// use hitless::{IdentityRules, Role};
+/// let rules = IdentityRules::new(Role::Server).accept_expired(true);
+/// assert_eq!(rules.role(), Role::Server);
+/// // A role alone is rules too: `Identity::load(&source, Role::Client)`.
+/// let _: IdentityRules = Role::Client.into();
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct IdentityRules {
+    role: Role,
+    accept_expired: bool,
+    provider: Option<Arc<CryptoProvider>>,
+}
+
+impl IdentityRules {
+    /// The rules for an identity presented as `role`: a valid leaf and chain, the default crypto
+    /// provider.
+    pub fn new(role: Role) -> Self {
+        IdentityRules {
+            role,
+            ..IdentityRules::default()
+        }
+    }
+
+    /// Accept certificates outside their validity period (as
+    /// [`IdentityBuilder::accept_expired`](crate::IdentityBuilder::accept_expired)).
+    pub fn accept_expired(mut self, accept: bool) -> Self {
+        self.accept_expired = accept;
+        self
+    }
+
+    /// Load the key and check the chain's signatures with this provider instead of the default
+    /// one (the process default if installed, else the one of the crate's features).
+    pub fn crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+
+    /// What the identity is presented for.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The internal rules, with the provider chosen.
+    fn resolve(&self) -> Result<Validation, Error> {
+        Ok(Validation {
+            accept_expired: self.accept_expired,
+            role: self.role,
+            provider: self.provider.clone().map_or_else(default_provider, Ok)?,
+        })
+    }
+}
+
+impl From<Role> for IdentityRules {
+    fn from(role: Role) -> Self {
+        IdentityRules::new(role)
+    }
+}
+
 /// Rules applied when validating an identity.
 #[derive(Debug, Clone)]
 pub(crate) struct Validation {
@@ -227,13 +376,18 @@ fn compiled_in_provider() -> Option<CryptoProvider> {
 
 impl Identity {
     /// Reads `source` once and validates it exactly as a
-    /// [`ReloadingIdentity`](crate::ReloadingIdentity) built with
-    /// [`role(role)`](crate::IdentityBuilder::role) does on each reload: the same bounded reader
-    /// (regular files only, size-limited), the same rules, the default crypto provider (the
-    /// process default, else the one compiled in). For tools that must give the verdict a
-    /// server would (`hitless inspect`); nothing is watched.
-    pub fn load(source: &IdentitySource, role: Role) -> Result<Identity, Error> {
-        let rules = Validation::with_default_provider(role)?;
+    /// [`ReloadingIdentity`](crate::ReloadingIdentity) built with the same
+    /// [`role`](crate::IdentityBuilder::role), [`accept_expired`](crate::IdentityBuilder::accept_expired)
+    /// and [`crypto_provider`](crate::IdentityBuilder::crypto_provider) does on each reload: the
+    /// same bounded reader (regular files only, size-limited), the same rules. `rules` is an
+    /// [`IdentityRules`] or just a [`Role`] (default crypto provider: the process default, else
+    /// the one compiled in). For tools that must give the verdict a server would
+    /// (`hitless inspect`, `hitless serve --check`); nothing is watched.
+    pub fn load(
+        source: &IdentitySource,
+        rules: impl Into<IdentityRules>,
+    ) -> Result<Identity, Error> {
+        let rules = rules.into().resolve()?;
         IdentityLoader::new(source.clone(), rules).load_once()
     }
 
@@ -278,7 +432,7 @@ impl Identity {
         keys: &Sections,
         rules: &Validation,
     ) -> Result<Identity, Error> {
-        let key = match keys.keys.as_slice() {
+        let key = match keys.private_keys().collect::<Vec<_>>().as_slice() {
             [] => {
                 return Err(Error::NoPrivateKey {
                     path: key_path.to_owned(),
@@ -292,7 +446,8 @@ impl Identity {
                 })
             }
         };
-        Self::from_der(cert_path, &certs.certs, key_path, key, rules)
+        let certs: Vec<CertificateDer<'static>> = certs.certificates().cloned().collect();
+        Self::from_der(cert_path, &certs, key_path, key, rules)
     }
 
     /// Validates DER certificates (any order) and a private key.
@@ -308,29 +463,12 @@ impl Identity {
                 path: cert_path.to_owned(),
             });
         }
-        let signing_key = rules
-            .provider
-            .key_provider
-            .load_private_key(key)
-            .map_err(|e| Error::Key {
-                path: key_path.to_owned(),
-                reason: e.to_string(),
-            })?;
-        let Some(key_spki) = signing_key.public_key().map(|s| s.as_ref().to_vec()) else {
-            return Err(Error::Key {
-                path: key_path.to_owned(),
-                reason: "cannot derive the public key".into(),
-            });
-        };
+        let (signing_key, key_spki) = load_key(key_path, key, &rules.provider)?;
 
         let mut parsed = Vec::with_capacity(certs.len());
         for (i, der) in certs.iter().enumerate() {
-            let (_, cert) =
-                X509Certificate::from_der(der.as_ref()).map_err(|e| Error::Certificate {
-                    path: cert_path.to_owned(),
-                    index: i + 1,
-                    reason: e.to_string(),
-                })?;
+            let (_, cert) = X509Certificate::from_der(der.as_ref())
+                .map_err(|e| certificate_error(cert_path, i + 1, e))?;
             parsed.push(cert);
         }
 
@@ -833,6 +971,19 @@ fn strip_sequence(der: &[u8]) -> Option<&[u8]> {
         2 + usize::from(len_byte & 0x7f)
     };
     der.get(header..)
+}
+
+/// [`Error::Certificate`] for certificate `index` of `path`, keeping the parser's error.
+pub(crate) fn certificate_error(
+    path: &Path,
+    index: usize,
+    error: x509_parser::nom::Err<x509_parser::error::X509Error>,
+) -> Error {
+    Error::Certificate {
+        path: path.to_owned(),
+        index,
+        source: Box::new(x509_parser::error::X509Error::from(error)),
+    }
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -289,9 +289,9 @@ pub use handle::{
     Reload, ReloadingIdentity, ReloadingTrust, ServerIdentities, ServerIdentitiesBuilder,
     TrustBuilder, TrustPublisher,
 };
-pub use identity::{CertInfo, Identity, Role};
+pub use identity::{CertInfo, Identity, IdentityRules, KeyInfo, Role};
 pub use snapshot::{Event, Health, LastError, Outage, Snapshot, Status};
-pub use source::{read_credential_file, IdentitySource, Password};
+pub use source::{pem, pkcs12, read_credential_file, IdentitySource, Password};
 pub use spiffe_id::{InvalidSpiffeId, SpiffeId, SpiffeIdMatcher};
 pub use spiffe_verify::SpiffeServerCertVerifier;
 pub use trust::{CrlInfo, Trust, TrustSource};
@@ -299,3 +299,9 @@ pub use trust::{CrlInfo, Trust, TrustSource};
 pub use workload_api::{
     SpiffeError, SpiffeSource, SpiffeSourceBuilder, WorkloadApiStatus, SPIFFE_ENDPOINT_SOCKET,
 };
+
+/// The README's code compiles against this crate (`cargo test --doc`): its snippet cannot
+/// drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

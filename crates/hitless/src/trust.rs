@@ -98,6 +98,15 @@ impl std::fmt::Debug for Trust {
     }
 }
 
+impl CrlInfo {
+    /// The facts of a DER CRL read from `path` (named in errors: [`Error::CrlUnreadable`]),
+    /// as [`Trust::crls`] reports them, except that no signature is checked (`verified_by` is
+    /// `None`): that takes the trust bundle, see [`Trust::load`].
+    pub fn from_der(path: &Path, der: &[u8]) -> Result<CrlInfo, Error> {
+        Ok(crl::facts(path, &crl::parse(path, der)?))
+    }
+}
+
 impl Trust {
     /// The trusted CAs.
     pub fn roots(&self) -> &Arc<RootCertStore> {
@@ -156,6 +165,25 @@ impl Trust {
         &self.fingerprint
     }
 
+    /// Reads `source` once and validates it exactly as a
+    /// [`ReloadingTrust`](crate::ReloadingTrust) does on its first load, with the default crypto
+    /// provider (the process default, else the one compiled in): the same bounded reader, the
+    /// same PEM, PKCS#12 and CRL rules, the verifiers built. For tools that must give the verdict
+    /// a server would; nothing is watched (and there is no CRL in force to compare with, so no
+    /// rollback can be refused).
+    pub fn load(source: &TrustSource) -> Result<Trust, Error> {
+        TrustLoader::new(source.clone(), None)?.load_once()
+    }
+
+    /// [`Trust::load`] with this crypto provider (as
+    /// [`TrustBuilder::crypto_provider`](crate::TrustBuilder::crypto_provider)).
+    pub fn load_with_provider(
+        source: &TrustSource,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Trust, Error> {
+        TrustLoader::new(source.clone(), Some(provider))?.load_once()
+    }
+
     pub(crate) fn build(
         ca_certs: Vec<(PathBuf, CertificateDer<'static>)>,
         crls: Vec<(PathBuf, CertificateRevocationListDer<'static>)>,
@@ -169,10 +197,14 @@ impl Trust {
         let mut anchors = Vec::new();
         for (i, (path, der)) in ca_certs.iter().enumerate() {
             let info = CertInfo::parse(path, i + 1, der)?;
-            roots.add(der.clone()).map_err(|e| Error::Trust {
-                path: path.clone(),
-                reason: format!("certificate {} ({}): {e}", i + 1, info.subject),
-            })?;
+            roots
+                .add(der.clone())
+                .map_err(|source| Error::TrustAnchor {
+                    path: path.clone(),
+                    index: i + 1,
+                    subject: info.subject.clone(),
+                    source,
+                })?;
             // CertInfo::parse succeeded, so this parse does too; stay total all the same.
             if let Ok((_, cert)) = X509Certificate::from_der(der.as_ref()) {
                 if !is_ca(&cert) {
@@ -199,9 +231,9 @@ impl Trust {
             WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
                 .with_crls([der.clone()])
                 .build()
-                .map_err(|e| Error::Crl {
+                .map_err(|source| Error::CrlRefused {
                     path: path.clone(),
-                    reason: e.to_string(),
+                    source,
                 })?;
             read.push(Crl::read(&path, der, &anchors, provider)?);
         }
@@ -220,11 +252,8 @@ impl Trust {
             hasher.update(crl.der.as_ref());
         }
         let crl_ders: Vec<_> = applied.iter().map(|c| c.der.clone()).collect();
-        let first_path = ca_certs.first().map(|(p, _)| p.clone()).unwrap_or_default();
-        let build_error = |e: rustls::server::VerifierBuilderError| Error::Trust {
-            path: first_path.clone(),
-            reason: e.to_string(),
-        };
+        // Each CA and CRL passed on its own above; what is left is about the bundle as a whole.
+        let build_error = |source| Error::Verifier { source };
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                 .with_crls(crl_ders.iter().cloned())
@@ -320,6 +349,14 @@ impl TrustLoader {
         })
     }
 
+    /// One read and validation, as a reload does it (for [`Trust::load`]).
+    pub(crate) fn load_once(&self) -> Result<Trust, Error> {
+        let paths = self.paths();
+        let paths: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        let files = files::read_stable(&paths)?;
+        self.load(&files)
+    }
+
     fn note(&self, path: &Path, run_together: bool) {
         if run_together && lock(&self.warned_run_together).insert(path.to_owned()) {
             tracing::warn!(file = %path.display(), "PEM blocks are run together on one line; read correctly, but other tools will refuse this file");
@@ -391,14 +428,14 @@ impl Load for TrustLoader {
         let mut cas = Vec::new();
         for path in &self.source.ca_files {
             let sections = pem::parse(path, files.contents(path))?;
-            self.note(path, sections.run_together);
-            if sections.certs.is_empty() {
+            self.note(path, sections.run_together());
+            if sections.certificates().next().is_none() {
                 return Err(Error::Trust {
                     path: path.clone(),
                     reason: "no CA certificate found".into(),
                 });
             }
-            cas.extend(sections.certs.into_iter().map(|c| (path.clone(), c)));
+            cas.extend(sections.certificates().map(|c| (path.clone(), c.clone())));
         }
         for (path, password) in &self.source.pkcs12_files {
             let password = password.resolve(path, files)?;
@@ -410,10 +447,10 @@ impl Load for TrustLoader {
             )?;
             cas.extend(certs.into_iter().map(|c| (path.clone(), c)));
         }
-        if cas.is_empty() {
-            return Err(Error::Trust {
-                path: self.paths().first().cloned().unwrap_or_default(),
-                reason: "no CA file given".into(),
+        if self.source.ca_files.is_empty() && self.source.pkcs12_files.is_empty() {
+            return Err(Error::NothingToLoad {
+                what: "trust source",
+                missing: "CA file or PKCS#12 trust store",
             });
         }
         let mut crls = Vec::new();
@@ -421,13 +458,13 @@ impl Load for TrustLoader {
             let bytes = files.contents(path);
             if bytes.windows(11).any(|w| w == b"-----BEGIN ") {
                 let sections = pem::parse(path, bytes)?;
-                if sections.crls.is_empty() {
+                if sections.crls().next().is_none() {
                     return Err(Error::Crl {
                         path: path.clone(),
                         reason: "no X509 CRL block found".into(),
                     });
                 }
-                crls.extend(sections.crls.into_iter().map(|c| (path.clone(), c)));
+                crls.extend(sections.crls().map(|c| (path.clone(), c.clone())));
             } else if bytes.iter().all(u8::is_ascii_whitespace) {
                 return Err(Error::Empty { path: path.clone() });
             } else {

@@ -781,7 +781,12 @@ proptest! {
                 check_error(&e, &[&p12, &pass])?;
                 if damage.is_none() {
                     prop_assert!(
-                        matches!(e, Error::WrongPassword { .. } | Error::Pkcs12 { .. }),
+                        matches!(
+                            e,
+                            Error::WrongPassword { .. }
+                                | Error::Pkcs12 { .. }
+                                | Error::PasswordNotUtf8 { .. }
+                        ),
                         "a wrong password gave {}", e
                     );
                 }

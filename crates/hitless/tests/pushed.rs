@@ -69,6 +69,14 @@ fn pushed_identity_is_served_validated_and_reports_outages() {
         .role(Role::Server)
         .crypto_provider(provider())
         .on_event(record)
+        // A provider's own rule (as a SPIFFE source checks its IDs): only "localhost" leaves.
+        .require(|id| {
+            if id.leaf().dns_names == ["localhost"] {
+                Ok(())
+            } else {
+                Err(format!("unexpected names {:?}", id.leaf().dns_names))
+            }
+        })
         .build(chain, key)
         .expect("the first value is good");
     let source = InMemoryProvider { publisher };
@@ -138,7 +146,13 @@ fn pushed_identity_is_served_validated_and_reports_outages() {
         matches!(wrong_role, Err(hitless::Error::Chain { .. })),
         "a clientAuth-only chain must be refused for Role::Server: {wrong_role:?}"
     );
-    assert_eq!(identity.status().reloads_failed, 3);
+    let other_name = ca.issue(&LeafSpec::server("elsewhere.test"));
+    let by_rule = source.push(&other_name);
+    assert!(
+        matches!(&by_rule, Err(hitless::Error::Refused { reason, .. }) if reason.contains("elsewhere.test")),
+        "the provider's rule must refuse it: {by_rule:?}"
+    );
+    assert_eq!(identity.status().reloads_failed, 4);
     let conn = connect(server.addr, &config, "localhost").expect("still served after refusals");
     assert_eq!(
         conn.fingerprint,
@@ -151,7 +165,7 @@ fn pushed_identity_is_served_validated_and_reports_outages() {
         .iter()
         .filter(|e| matches!(e, Event::ReloadFailed { name, .. } if name == "workload"))
         .count();
-    assert_eq!(failures, 3, "each refusal is announced");
+    assert_eq!(failures, 4, "each refusal is announced");
 
     // An outage: visible, announced once, nothing replaced.
     source

@@ -37,10 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use hitless::{
-    ClientIdentityResolver, Detection, IdentitySource, ReloadingIdentity, ReloadingTrust,
-    TrustSource,
-};
+use hitless::{Detection, Identity, IdentitySource, ReloadingTrust, TrustSource};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
@@ -455,7 +452,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn attack(
     args: &Args,
     probe: &Probe,
-    control: Option<&ReloadingIdentity>,
+    control: Option<&Identity>,
     ca: Option<&TrustedCa>,
 ) -> anyhow::Result<Vec<Row>> {
     let now = OffsetDateTime::now_utc();
@@ -584,9 +581,7 @@ fn attack(
         Some(identity) => rows.push(probe.try_as(
             "control",
             Expect::Accepted,
-            Credential::Resolver(Arc::new(ClientIdentityResolver::new(vec![
-                identity.clone(),
-            ]))),
+            Credential::Resolver(Arc::new(AsClient(identity.clone()))),
         )),
         None => rows.push(Row::skipped("control", Expect::Accepted, needs_cert)),
     }
@@ -964,19 +959,16 @@ fn provider() -> Arc<CryptoProvider> {
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }
 
-/// The good identity of `--cert/--key` or `--identity`, loaded once.
-fn control_identity(args: &Args) -> anyhow::Result<Option<ReloadingIdentity>> {
+/// The good identity of `--cert/--key` or `--identity`, loaded once with the library's
+/// one-shot load for a client (the verdict `hitless inspect --role client` gives).
+fn control_identity(args: &Args) -> anyhow::Result<Option<Identity>> {
     let source = match (&args.identity, &args.cert, &args.key) {
         (None, None, None) => return Ok(None),
         (Some(bundle), None, None) => IdentitySource::bundle(bundle),
         (None, Some(cert), Some(key)) => IdentitySource::pair(cert, key),
         _ => bail!("give either --identity BUNDLE or --cert CERT --key KEY (or neither)"),
     };
-    ReloadingIdentity::builder(source)
-        .role(hitless::Role::Client)
-        .name("control")
-        .detection(Detection::Manual)
-        .build()
+    Identity::load(&source, hitless::Role::Client)
         .map(Some)
         .context("the control identity is not valid")
 }
@@ -1184,12 +1176,28 @@ impl ResolvesClientCert for Always {
     }
 }
 
+/// The control identity, sent as a client sends it: when it is issued by a CA the server
+/// names and its key fits a signature scheme the server accepts (the choice
+/// [`hitless::ClientIdentityResolver`] makes for one identity).
+#[derive(Debug)]
+struct AsClient(Identity);
+
+impl ResolvesClientCert for AsClient {
+    fn resolve(&self, hints: &[&[u8]], schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        let key = self.0.certified_key();
+        (self.0.issued_by_any(hints) && key.key.choose_scheme(schemes).is_some())
+            .then(|| key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// The control's real certificate chain with a key that is not its own: the server must check
 /// the CertificateVerify signature, not only the chain.
-fn stolen(identity: &ReloadingIdentity) -> anyhow::Result<Arc<dyn ResolvesClientCert>> {
-    let real = identity
-        .certified_key()
-        .ok_or_else(|| anyhow!("the control identity is not loaded"))?;
+fn stolen(identity: &Identity) -> anyhow::Result<Arc<dyn ResolvesClientCert>> {
+    let real = identity.certified_key();
     let key = new_key()?;
     let signing_key = provider()
         .key_provider

@@ -299,26 +299,25 @@ fn check(plan: &Plan) -> anyhow::Result<ExitCode> {
             .name
             .clone()
             .unwrap_or_else(|| format!("identity[{i}]"));
-        let loaded = hitless::ReloadingIdentity::builder(source.clone())
-            .role(hitless::Role::Server)
-            .detection(Detection::Manual)
-            .accept_expired(plan.accept_expired)
-            .build();
-        match loaded {
+        // The one-shot load `inspect` gives its verdict with: the two cannot disagree.
+        let rules =
+            hitless::IdentityRules::new(hitless::Role::Server).accept_expired(plan.accept_expired);
+        match hitless::Identity::load(source, rules) {
             Ok(identity) => {
-                if let Some(current) = identity.current() {
-                    let leaf = current.value.leaf();
-                    println!(
-                        "identity {name}{}: {} ({}), names {:?}, serial {}, not after {}, sha256 {}",
-                        if options.default { " (default)" } else { "" },
-                        leaf.subject,
-                        leaf.key_type,
-                        options.names.clone().unwrap_or_else(|| leaf.dns_names.clone()),
-                        leaf.serial,
-                        admin::rfc3339(leaf.not_after),
-                        leaf.fingerprint
-                    );
-                }
+                let leaf = identity.leaf();
+                println!(
+                    "identity {name}{}: {} ({}), names {:?}, serial {}, not after {}, sha256 {}",
+                    if options.default { " (default)" } else { "" },
+                    leaf.subject,
+                    leaf.key_type,
+                    options
+                        .names
+                        .clone()
+                        .unwrap_or_else(|| leaf.dns_names.clone()),
+                    leaf.serial,
+                    admin::rfc3339(leaf.not_after),
+                    leaf.fingerprint
+                );
             }
             Err(e) => {
                 ok = false;
@@ -328,27 +327,22 @@ fn check(plan: &Plan) -> anyhow::Result<ExitCode> {
     }
     match &plan.trust {
         None => println!("client trust: none (clients are not verified)"),
-        Some(source) => match ReloadingTrust::builder(source.clone())
-            .detection(Detection::Manual)
-            .build()
-        {
+        Some(source) => match hitless::Trust::load(source) {
             Ok(trust) => {
-                if let Some(t) = trust.current() {
-                    for ca in t.value.cas() {
-                        println!(
-                            "client CA: {} (not after {})",
-                            ca.subject,
-                            admin::rfc3339(ca.not_after)
-                        );
-                    }
-                    for crl in t.value.crls() {
-                        println!(
-                            "CRL: {} from {}, {} revoked",
-                            crl.path.display(),
-                            crl.issuer,
-                            crl.revoked
-                        );
-                    }
+                for ca in trust.cas() {
+                    println!(
+                        "client CA: {} (not after {})",
+                        ca.subject,
+                        admin::rfc3339(ca.not_after)
+                    );
+                }
+                for crl in trust.crls() {
+                    println!(
+                        "CRL: {} from {}, {} revoked",
+                        crl.path.display(),
+                        crl.issuer,
+                        crl.revoked
+                    );
                 }
             }
             Err(e) => {

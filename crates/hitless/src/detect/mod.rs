@@ -281,10 +281,7 @@ pub(crate) fn spawn(
             .spawn(move || poll_loop(rx, tracked, interval, quiet)),
         Detection::Manual | Detection::OnHandshake { .. } | Detection::Pushed => return Ok(None),
     }
-    .map_err(|e| crate::Error::Watch {
-        path: PathBuf::from("."),
-        reason: format!("cannot start the detector thread: {e}"),
-    })?;
+    .map_err(|source| crate::Error::DetectorThread { source })?;
     let thread_id = thread.thread().id();
     Ok(Some(Detector {
         tx,
@@ -391,6 +388,29 @@ pub(crate) fn jittered(interval: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pushed_means_manual_for_files_and_names_show_in_status() {
+        // A file credential has nothing that pushes: given `Pushed`, it waits for `reload()`.
+        assert_eq!(Detection::Pushed.capped(), Detection::Manual);
+        assert_eq!(Detection::Pushed.to_string(), "pushed");
+        assert_eq!(
+            Detection::OnHandshake {
+                ttl: Detection::DEFAULT_ON_HANDSHAKE_TTL
+            }
+            .to_string(),
+            "on-handshake"
+        );
+        assert_eq!(
+            Detection::Poll {
+                interval: Duration::MAX
+            }
+            .capped(),
+            Detection::Poll {
+                interval: Detection::MAX_INTERVAL
+            }
+        );
+    }
 
     #[test]
     fn jitter_stays_within_ten_percent_and_varies() {

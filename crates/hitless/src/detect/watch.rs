@@ -55,8 +55,7 @@ impl WatchState {
             let _ = tx.send(Msg::Fs(ev));
         })
         .map_err(|e| Error::Watch {
-            path: PathBuf::from("."),
-            reason: e.to_string(),
+            source: Box::new(e),
         })?;
         let mut state = WatchState {
             watcher,

@@ -33,11 +33,14 @@ use sha2::{Digest, Sha256};
 
 use super::{Options, Reload, Shared};
 use crate::detect::Detection;
-use crate::identity::{default_provider, IdentityLoader, Role, Validation};
+use crate::identity::{default_provider, Identity, IdentityLoader, Role, Validation};
 use crate::reload::{Attempt, Load, Reloading};
 use crate::snapshot::Event;
 use crate::trust::TrustLoader;
 use crate::{Error, ReloadingIdentity, ReloadingTrust};
+
+/// A provider's own rule for the identities it pushes.
+type Rule = Arc<dyn Fn(&Identity) -> Result<(), String> + Send + Sync>;
 
 /// Builds a pushed [`ReloadingIdentity`] and its [`IdentityPublisher`]; see
 /// [`ReloadingIdentity::pushed`].
@@ -48,6 +51,7 @@ pub struct PushedIdentityBuilder {
     accept_expired: bool,
     role: Role,
     provider: Option<Arc<CryptoProvider>>,
+    rules: Vec<Rule>,
 }
 
 impl ReloadingIdentity {
@@ -91,11 +95,24 @@ impl ReloadingIdentity {
             accept_expired: false,
             role: Role::Any,
             provider: None,
+            rules: Vec::new(),
         }
     }
 }
 
 impl PushedIdentityBuilder {
+    /// A rule of the provider's own, checked after the library's (chain, key, validity,
+    /// role) on every value published: `Err(reason)` refuses the value like any invalid one
+    /// ([`Error::Refused`], recorded, announced, the last good value kept). E.g. the SPIFFE
+    /// rules: exactly one `spiffe://` URI SAN, a leaf that is not a CA.
+    pub fn require(
+        mut self,
+        rule: impl Fn(&Identity) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.rules.push(Arc::new(rule));
+        self
+    }
+
     /// What an error about a refused value names where a file's path would stand, e.g. the
     /// Workload API socket (default: the name).
     pub fn origin(mut self, origin: impl Into<PathBuf>) -> Self {
@@ -154,6 +171,7 @@ impl PushedIdentityBuilder {
         let publisher = IdentityPublisher {
             reloading: reloading.clone(),
             origin: self.origin.unwrap_or_else(|| PathBuf::from(name)),
+            rules: self.rules.into(),
         };
         publisher.publish(chain, key)?;
         let identity = ReloadingIdentity::from_shared(Shared::pushed(reloading));
@@ -167,6 +185,7 @@ impl PushedIdentityBuilder {
 pub struct IdentityPublisher {
     reloading: Arc<Reloading<IdentityLoader>>,
     origin: PathBuf,
+    rules: Arc<[Rule]>,
 }
 
 impl std::fmt::Debug for IdentityPublisher {
@@ -181,7 +200,8 @@ impl IdentityPublisher {
     /// Offers a new value: a certificate chain (leaf and intermediates, any order) and the
     /// leaf's private key. Identical to what is served: `Ok(Reload::Unchanged)`. Valid and
     /// different: served from the next handshake on, `Ok(Reload::Reloaded { generation })`.
-    /// Refused (malformed, key mismatch, expired, a chain or role a peer would refuse): `Err`
+    /// Refused (malformed, key mismatch, expired, a chain or role a peer would refuse, a
+    /// [`require`](PushedIdentityBuilder::require) rule): `Err`
     /// with the reason, recorded in the status and announced, the last good value still
     /// served. Either way the source is delivering: an outage it reported ends. Validation
     /// runs on the caller's thread (milliseconds: parse, signatures, key check).
@@ -197,7 +217,14 @@ impl IdentityPublisher {
         }
         add(&mut digest, key.secret_der());
         let attempt = self.reloading.offer(digest.finalize().into(), |loader| {
-            loader.load_der(&self.origin, &chain, key)
+            let identity = loader.load_der(&self.origin, &chain, key)?;
+            for rule in self.rules.iter() {
+                rule(&identity).map_err(|reason| Error::Refused {
+                    origin: self.origin.clone(),
+                    reason,
+                })?;
+            }
+            Ok(identity)
         });
         settled(&self.reloading, attempt)
     }

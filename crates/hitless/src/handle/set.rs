@@ -191,8 +191,9 @@ impl ServerIdentitiesBuilder {
     /// `allow_empty_start`), builds the index, then starts one detector for all.
     pub fn build(self) -> Result<ServerIdentities, Error> {
         if self.members.is_empty() {
-            return Err(Error::NotLoaded {
-                name: self.options.name.unwrap_or_else(|| "identities".into()),
+            return Err(Error::NothingToLoad {
+                what: "server identities",
+                missing: "identity",
             });
         }
         let provider = self.provider.map_or_else(default_provider, Ok)?;

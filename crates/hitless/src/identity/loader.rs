@@ -102,12 +102,12 @@ impl Load for IdentityLoader {
         let cert_path = source.cert_path();
         let key_path = source.key_path();
         let certs = pem::parse(cert_path, files.contents(cert_path))?;
-        self.note_run_together(cert_path, certs.run_together);
+        self.note_run_together(cert_path, certs.run_together());
         let identity = if cert_path == key_path {
             Identity::from_sections(cert_path, &certs, key_path, &certs, &self.rules)?
         } else {
             let keys = pem::parse(key_path, files.contents(key_path))?;
-            self.note_run_together(key_path, keys.run_together);
+            self.note_run_together(key_path, keys.run_together());
             Identity::from_sections(cert_path, &certs, key_path, &keys, &self.rules)?
         };
         Ok(identity)

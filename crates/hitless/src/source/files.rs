@@ -28,9 +28,9 @@ pub(crate) struct FileStamp {
 impl FileStamp {
     /// The stamp of the file `path` points to (symlinks followed).
     pub(crate) fn of(path: &Path) -> Result<FileStamp, Error> {
-        let meta = fs::metadata(path).map_err(|error| Error::Read {
+        let meta = fs::metadata(path).map_err(|source| Error::Read {
             path: path.to_owned(),
-            error,
+            source,
         })?;
         Ok(Self::from_meta(&meta))
     }
@@ -181,9 +181,9 @@ struct Read {
 /// or feed it endlessly. The open itself never blocks (`O_NONBLOCK`).
 fn read_regular(path: &Path) -> Result<Read, Error> {
     use std::io::Read as _;
-    let read_error = |error| Error::Read {
+    let read_error = |source| Error::Read {
         path: path.to_path_buf(),
-        error,
+        source,
     };
     let file = open_nonblocking(path).map_err(read_error)?;
     let meta = file.metadata().map_err(read_error)?;

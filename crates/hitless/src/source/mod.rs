@@ -5,8 +5,8 @@
 //! real agents write it. It knows nothing about rustls configurations, watching or swapping.
 
 pub(crate) mod files;
-pub(crate) mod pem;
-pub(crate) mod pkcs12;
+pub mod pem;
+pub mod pkcs12;
 
 pub use pkcs12::Password;
 

@@ -59,21 +59,73 @@ impl Password {
     ) -> Result<String, Error> {
         match self {
             Password::None => Ok(String::new()),
-            Password::File(p) => {
-                let bytes = files.contents(p);
-                let text = std::str::from_utf8(bytes).map_err(|_| Error::Pkcs12 {
-                    path: p.clone(),
-                    reason: "password file is not UTF-8".into(),
-                })?;
-                let text = text.strip_suffix('\n').unwrap_or(text);
-                Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
-            }
-            Password::Env(name) => std::env::var(name).map_err(|_| Error::Pkcs12 {
-                path: keystore.to_owned(),
-                reason: format!("password environment variable {name} is not set"),
-            }),
+            Password::File(p) => decode_password_file(p, files.contents(p)),
+            Password::Env(name) => env_password(keystore, name),
         }
     }
+}
+
+/// Everything a PKCS#12 file holds, for tools that list it (`hitless inspect`): what a
+/// loader uses is decided by [`Identity::load`](crate::Identity::load) (the first key entry
+/// with its chain) and [`Trust::load`](crate::Trust::load) (the trusted certificates).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Contents {
+    /// Every certificate bag, in file order.
+    pub certificates: Vec<CertificateDer<'static>>,
+    /// Every private key (PKCS#8), in file order.
+    pub private_keys: Vec<PrivateKeyDer<'static>>,
+}
+
+/// Opens the PKCS#12 file `path` (its `bytes` already read) with the password of `password`,
+/// read as the loaders read it (a password file through the same bounded reader, one trailing
+/// newline ignored). Errors: [`Error::Empty`], [`Error::WrongPassword`] (the integrity check
+/// failed), [`Error::Pkcs12`] (with the reader's error as source), [`Error::PasswordNotUtf8`],
+/// [`Error::PasswordEnv`], [`Error::Read`] (the password file).
+pub fn contents(path: &Path, bytes: &[u8], password: &Password) -> Result<Contents, Error> {
+    let password = match password {
+        Password::None => String::new(),
+        Password::File(file) => decode_password_file(file, &crate::read_credential_file(file)?)?,
+        Password::Env(name) => env_password(path, name)?,
+    };
+    if bytes.is_empty() {
+        return Err(Error::Empty {
+            path: path.to_owned(),
+        });
+    }
+    let archive =
+        Pkcs12Archive::from_pkcs12(bytes, &password).map_err(|e| pkcs12_error(path, e))?;
+    Ok(Contents {
+        certificates: archive
+            .certs
+            .iter()
+            .map(|bag| CertificateDer::from(bag.cert.as_der().to_vec()))
+            .collect(),
+        private_keys: archive
+            .keys
+            .iter()
+            .map(|bag| PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(bag.key.as_der().to_vec())))
+            .collect(),
+    })
+}
+
+/// The password in the environment variable `name`, for `keystore`.
+fn env_password(keystore: &Path, name: &str) -> Result<String, Error> {
+    std::env::var(name).map_err(|source| Error::PasswordEnv {
+        path: keystore.to_owned(),
+        name: name.to_owned(),
+        source,
+    })
+}
+
+/// The password in a password file: UTF-8, one trailing newline (LF or CRLF) ignored.
+fn decode_password_file(path: &Path, bytes: &[u8]) -> Result<String, Error> {
+    let text = std::str::from_utf8(bytes).map_err(|source| Error::PasswordNotUtf8 {
+        path: path.to_owned(),
+        source,
+    })?;
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
 }
 
 fn pkcs12_error(path: &Path, e: p12_keystore::error::Error) -> Error {
@@ -83,7 +135,7 @@ fn pkcs12_error(path: &Path, e: p12_keystore::error::Error) -> Error {
         },
         other => Error::Pkcs12 {
             path: path.to_owned(),
-            reason: other.to_string(),
+            source: Box::new(other),
         },
     }
 }
@@ -163,11 +215,8 @@ pub(crate) fn trust_anchors(
     let mut bags = Vec::with_capacity(archive.certs.len());
     for (i, bag) in archive.certs.iter().enumerate() {
         let der = bag.cert.as_der();
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| Error::Certificate {
-            path: path.to_owned(),
-            index: i + 1,
-            reason: e.to_string(),
-        })?;
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| crate::identity::certificate_error(path, i + 1, e))?;
         let spki = cert.public_key().raw;
         let leaf_of_a_key = bag
             .local_key_id
