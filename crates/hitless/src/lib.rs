@@ -227,7 +227,8 @@
 //! - **SPIFFE**: [`SpiffeId`] and [`SpiffeIdMatcher`] (authorize peers by SPIFFE ID: exact, or
 //!   every ID under a path with a trailing `/*`), [`InvalidSpiffeId`],
 //!   [`SpiffeServerCertVerifier`] (a client verifies its server by SPIFFE ID against the
-//!   current trust); with feature `spiffe`,
+//!   current trust), [`ServerConfigBuilder::client_trust_spiffe`] (a server admits clients by
+//!   SPIFFE ID); with feature `spiffe`,
 //!   the Workload API as a source: `SpiffeSource` (`SpiffeSourceBuilder`), whose identity and
 //!   trust are ordinary pushed handles, with `WorkloadApiStatus`, `SpiffeError` and
 //!   `SPIFFE_ENDPOINT_SOCKET`.

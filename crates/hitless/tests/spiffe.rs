@@ -631,3 +631,59 @@ fn a_client_verifies_the_server_by_spiffe_id_not_by_name() {
         .expect("an SVID of a CA no longer in the bundle is refused");
     assert!(e.contains("UnknownIssuer") || e.contains("issuer"), "{e}");
 }
+
+#[test]
+fn a_server_admits_only_clients_with_allowed_spiffe_ids() {
+    let ca = Ca::new_root("example.org CA", KeyType::EcP256);
+    let first = issue(&ca, SERVER_ID);
+    let world = World::start(&ca, &first);
+    let source = world.source();
+    let configs = ReloadingServerConfig::builder(source.identity())
+        .client_trust_spiffe(
+            source.trust(),
+            hitless::SpiffeIdMatcher::new(["spiffe://example.org/ns/prod/*"]).unwrap(),
+        )
+        .crypto_provider(provider())
+        .build()
+        .unwrap();
+    let server = Server::start_with(move || configs.current());
+
+    let allowed = issue(&ca, CLIENT_ID);
+    connect(server.addr, &client(&[&ca], &allowed), "localhost")
+        .expect("a client under spiffe://example.org/ns/prod/ is admitted");
+    for (what, leaf) in [
+        (
+            "another path",
+            issue(&ca, "spiffe://example.org/ns/dev/client"),
+        ),
+        (
+            "another trust domain's ID, same CA",
+            issue(&ca, "spiffe://other.org/ns/prod/client"),
+        ),
+        ("no SPIFFE ID", ca.issue(&LeafSpec::client("plain client"))),
+        (
+            "two URI SANs",
+            ca.issue(
+                &LeafSpec::svid(CLIENT_ID).uris(vec![CLIENT_ID, "spiffe://example.org/ns/prod/x"]),
+            ),
+        ),
+    ] {
+        let e = connect(server.addr, &client(&[&ca], &leaf), "localhost")
+            .err()
+            .unwrap_or_else(|| panic!("{what}: must be refused"));
+        assert!(!e.is_empty(), "{what}");
+    }
+    // The chain is still required: an allowed ID from a CA outside the bundle is refused.
+    let stranger = Ca::new_root("not in the bundle", KeyType::EcP256);
+    assert!(connect(
+        server.addr,
+        &client(&[&ca], &issue(&stranger, CLIENT_ID)),
+        "localhost"
+    )
+    .is_err());
+    // Only the allowed client's certificate ever reached the application.
+    assert_eq!(
+        *server.clients.lock().unwrap(),
+        [allowed.fingerprint_sha256_hex()]
+    );
+}
