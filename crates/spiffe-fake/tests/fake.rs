@@ -208,3 +208,49 @@ async fn refuses_a_call_without_the_security_header_and_without_an_identity() {
     assert_eq!(message.svids[0].spiffe_id, "spiffe://example.org/web");
     assert_eq!(message.svids[0].bundle, ca.cert_der());
 }
+
+#[tokio::test]
+async fn streams_bundles_and_their_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = FakeWorkloadApi::start(dir.path().join("agent.sock"))
+        .await
+        .unwrap();
+    let ca1 = Ca::new_root("example.org CA 1", KeyType::EcP256);
+    let ca2 = Ca::new_root("example.org CA 2", KeyType::EcP256);
+    agent.set_bundle("example.org", vec![ca1.cert_der()]);
+    let client = WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
+    let mut stream = client.stream_x509_bundles().await.unwrap();
+    let td = spiffe::TrustDomain::new("example.org").unwrap();
+    let authorities = |set: &spiffe::X509BundleSet| -> Vec<Vec<u8>> {
+        set.get(&td)
+            .unwrap()
+            .authorities()
+            .iter()
+            .map(|c| c.as_bytes().to_vec())
+            .collect()
+    };
+    let first = tokio::time::timeout(TIMEOUT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(authorities(&first), [ca1.cert_der()]);
+    agent.set_bundle("example.org", vec![ca1.cert_der(), ca2.cert_der()]);
+    let both = tokio::time::timeout(TIMEOUT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(authorities(&both), [ca1.cert_der(), ca2.cert_der()]);
+    agent.set_bundle("example.org", vec![ca2.cert_der()]);
+    let last = tokio::time::timeout(TIMEOUT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(authorities(&last), [ca2.cert_der()]);
+    assert_eq!(agent.x509_bundles_calls(), 1);
+    assert!(agent.messages_sent() >= 3);
+}
