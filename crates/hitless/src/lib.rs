@@ -214,7 +214,7 @@
 //!
 //! - **Build a server or a client** (the recommended way): [`ReloadingServerConfig`] with its
 //!   [`ServerConfigBuilder`] and [`ServedIdentities`]; [`ReloadingClientConfig`] with its
-//!   [`ClientConfigBuilder`]; with feature `tokio`, [`TlsAcceptor`]. Each hands every new
+//!   [`ClientConfigBuilder`]; with feature `tokio`, `TlsAcceptor`. Each hands every new
 //!   configuration to `subscribe` as a [`ConfigChange`].
 //! - **Credentials**: [`ReloadingIdentity`] ([`IdentityBuilder`]), [`ServerIdentities`]
 //!   ([`ServerIdentitiesBuilder`], [`MemberOptions`]), [`ReloadingTrust`] ([`TrustBuilder`]);
