@@ -319,8 +319,8 @@ pub struct ServerConfigBuilder {
 
 impl ServerConfigBuilder {
     /// Require client certificates chaining to this trust (mutual TLS). Without it, clients
-    /// are not authenticated. Replaces an earlier [`client_trust_spiffe`](Self::client_trust_spiffe)
-    /// (the last call decides).
+    /// are not authenticated. Replaces an earlier
+    /// [`client_trust_spiffe`](Self::client_trust_spiffe) (the last call decides).
     pub fn client_trust(mut self, trust: &ReloadingTrust) -> Self {
         self.trust = Some(trust.clone());
         self.allowed = None;
