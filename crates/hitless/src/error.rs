@@ -323,6 +323,18 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// The SPIFFE Workload API (feature `spiffe`): an update refused by the X.509-SVID rules,
+    /// no endpoint configured, or no valid SVID received in time.
+    #[cfg(feature = "spiffe")]
+    #[error("{}: {source}", endpoint.display())]
+    Spiffe {
+        /// The Workload API endpoint (`unix:///path/to/agent.sock`).
+        endpoint: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: crate::SpiffeError,
+    },
 }
 
 impl Error {
@@ -361,6 +373,8 @@ impl Error {
             | Error::NothingToLoad { .. }
             | Error::DetectorThread { .. } => None,
             Error::Refused { origin, .. } => Some(origin),
+            #[cfg(feature = "spiffe")]
+            Error::Spiffe { endpoint, .. } => Some(endpoint),
         }
     }
 }

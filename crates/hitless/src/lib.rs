@@ -214,7 +214,7 @@
 //!
 //! - **Build a server or a client** (the recommended way): [`ReloadingServerConfig`] with its
 //!   [`ServerConfigBuilder`] and [`ServedIdentities`]; [`ReloadingClientConfig`] with its
-//!   [`ClientConfigBuilder`]; with feature `tokio`, [`TlsAcceptor`]. Each hands every new
+//!   [`ClientConfigBuilder`]; with feature `tokio`, `TlsAcceptor`. Each hands every new
 //!   configuration to `subscribe` as a [`ConfigChange`].
 //! - **Credentials**: [`ReloadingIdentity`] ([`IdentityBuilder`]), [`ServerIdentities`]
 //!   ([`ServerIdentitiesBuilder`], [`MemberOptions`]), [`ReloadingTrust`] ([`TrustBuilder`]);
@@ -224,6 +224,14 @@
 //! - **Extend** with sources that are not files: [`ReloadingIdentity::pushed`]
 //!   ([`PushedIdentityBuilder`], [`IdentityPublisher`]), [`ReloadingTrust::pushed`]
 //!   ([`PushedTrustBuilder`], [`TrustPublisher`]).
+//! - **SPIFFE**: [`SpiffeId`] and [`SpiffeIdMatcher`] (authorize peers by SPIFFE ID: exact, or
+//!   every ID under a path with a trailing `/*`), [`InvalidSpiffeId`],
+//!   [`SpiffeServerCertVerifier`] (a client verifies its server by SPIFFE ID against the
+//!   current trust), [`ServerConfigBuilder::client_trust_spiffe`] (a server admits clients by
+//!   SPIFFE ID); with feature `spiffe`,
+//!   the Workload API as a source: `SpiffeSource` (`SpiffeSourceBuilder`), whose identity and
+//!   trust are ordinary pushed handles, with `WorkloadApiStatus`, `SpiffeError` and
+//!   `SPIFFE_ENDPOINT_SOCKET`.
 //! - **Validated values**: [`Identity`] (and [`Role`]), [`Trust`], [`CertInfo`], [`CrlInfo`],
 //!   held in a [`Snapshot`]; one-shot loading: [`Identity::load`], [`read_credential_file`].
 //! - **Observe**: [`Status`] (with [`Status::DEFAULT_EXPIRING_SOON`]), [`Health`],
@@ -262,7 +270,11 @@ mod reload;
 mod rustls;
 mod snapshot;
 mod source;
+mod spiffe_id;
+mod spiffe_verify;
 mod trust;
+#[cfg(feature = "spiffe")]
+mod workload_api;
 
 #[cfg(feature = "tokio")]
 pub use crate::rustls::TlsAcceptor;
@@ -281,7 +293,13 @@ pub use handle::{
 pub use identity::{CertInfo, Identity, IdentityRules, KeyInfo, Role};
 pub use snapshot::{Event, Health, LastError, Outage, Snapshot, Status};
 pub use source::{pem, pkcs12, read_credential_file, IdentitySource, Password};
+pub use spiffe_id::{InvalidSpiffeId, SpiffeId, SpiffeIdMatcher};
+pub use spiffe_verify::SpiffeServerCertVerifier;
 pub use trust::{CrlInfo, Trust, TrustSource};
+#[cfg(feature = "spiffe")]
+pub use workload_api::{
+    SpiffeError, SpiffeSource, SpiffeSourceBuilder, WorkloadApiStatus, SPIFFE_ENDPOINT_SOCKET,
+};
 
 /// The README's code compiles against this crate (`cargo test --doc`): its snippet cannot
 /// drift from the API.

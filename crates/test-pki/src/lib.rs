@@ -296,6 +296,12 @@ impl Ca {
                 )
             })
             .chain(spec.ips.iter().map(|ip| SanType::IpAddress(*ip)))
+            .chain(spec.uris.iter().map(|u| {
+                SanType::URI(
+                    Ia5String::try_from(u.as_str())
+                        .unwrap_or_else(|e| panic!("URI SAN {u:?}: {e}")),
+                )
+            }))
             .collect();
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -389,6 +395,8 @@ pub struct LeafSpec {
     pub dns: Vec<String>,
     /// IP subjectAltNames.
     pub ips: Vec<IpAddr>,
+    /// URI subjectAltNames (a SPIFFE ID, for an X.509-SVID).
+    pub uris: Vec<String>,
     /// Leaf key type.
     pub key_type: KeyType,
     /// Include the serverAuth extended key usage.
@@ -423,6 +431,7 @@ impl LeafSpec {
             cn: name.to_string(),
             dns,
             ips,
+            uris: vec![],
             key_type: KeyType::EcP256,
             server: true,
             client: false,
@@ -440,6 +449,7 @@ impl LeafSpec {
             cn: cn.to_string(),
             dns: vec![],
             ips: vec![],
+            uris: vec![],
             key_type: KeyType::EcP256,
             server: false,
             client: true,
@@ -447,6 +457,23 @@ impl LeafSpec {
             not_after: now + Duration::hours(1),
             serial: None,
         }
+    }
+
+    /// An X.509-SVID for `spiffe_id` (as SPIFFE requires: the ID as the only URI SAN, no DNS
+    /// or IP SANs, not a CA, digitalSignature): serverAuth and clientAuth EKUs, EC P-256, valid
+    /// from 1 hour ago to 1 hour from now. The subject CN is the ID's path, for logs.
+    pub fn svid(spiffe_id: &str) -> LeafSpec {
+        let cn = spiffe_id
+            .strip_prefix("spiffe://")
+            .and_then(|rest| rest.split_once('/'))
+            .map_or(spiffe_id, |(_, path)| path);
+        LeafSpec::client(cn).server_auth(true).uris(vec![spiffe_id])
+    }
+
+    /// Replace the URI SANs.
+    pub fn uris(mut self, uris: Vec<&str>) -> Self {
+        self.uris = uris.into_iter().map(str::to_string).collect();
+        self
     }
 
     /// Set the key type.

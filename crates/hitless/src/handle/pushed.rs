@@ -244,6 +244,19 @@ impl IdentityPublisher {
     pub fn outage_over(&self) {
         self.reloading.end_outage();
     }
+
+    /// Records a value the provider itself refused (an X.509-SVID breaking a SPIFFE rule) as a
+    /// refused publish is recorded: status, counter, log, `ReloadFailed`; the last good value
+    /// keeps serving, and the source counts as delivering (an outage ends).
+    #[cfg(feature = "spiffe")]
+    pub(crate) fn refuse(&self, error: Error) {
+        // A digest no content has: the offer is never "unchanged".
+        let mut digest = Sha256::new();
+        digest.update(b"hitless refused by the provider");
+        let _ = self
+            .reloading
+            .offer(digest.finalize().into(), |_| Err(error));
+    }
 }
 
 /// Builds a pushed [`ReloadingTrust`] and its [`TrustPublisher`]; see

@@ -309,6 +309,8 @@ pub struct ServerConfigBuilder {
     resolver: Arc<dyn ResolvesServerCert>,
     served: Option<ServedIdentities>,
     trust: Option<ReloadingTrust>,
+    /// Only clients with these SPIFFE IDs (set with the trust, by `client_trust_spiffe`).
+    allowed: Option<crate::SpiffeIdMatcher>,
     provider: Option<Arc<CryptoProvider>>,
     versions: Versions,
     configure: Option<Configure<ServerConfig>>,
@@ -317,9 +319,25 @@ pub struct ServerConfigBuilder {
 
 impl ServerConfigBuilder {
     /// Require client certificates chaining to this trust (mutual TLS). Without it, clients
-    /// are not authenticated.
+    /// are not authenticated. Replaces an earlier
+    /// [`client_trust_spiffe`](Self::client_trust_spiffe) (the last call decides).
     pub fn client_trust(mut self, trust: &ReloadingTrust) -> Self {
         self.trust = Some(trust.clone());
+        self.allowed = None;
+        self
+    }
+
+    /// Require client certificates chaining to this trust (mutual TLS) **and** carrying a
+    /// SPIFFE ID that `allowed` matches (an X.509-SVID: exactly one URI SAN). Both are checked
+    /// when the certificate is verified, the chain against the trust current at that moment.
+    /// A client refused by the matcher fails its handshake as one the CAs do not trust.
+    pub fn client_trust_spiffe(
+        mut self,
+        trust: &ReloadingTrust,
+        allowed: crate::SpiffeIdMatcher,
+    ) -> Self {
+        self.trust = Some(trust.clone());
+        self.allowed = Some(allowed);
         self
     }
 
@@ -395,6 +413,7 @@ impl ServerConfigBuilder {
         let configure = self.configure;
         let provider = choose_provider(self.provider, self.trust.as_ref())?;
         let versions = self.versions;
+        let allowed = self.allowed;
         let build: Build<ServerConfig> = Box::new(move |context: &BuildContext<'_>| {
             let builder = ServerConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(versions)
@@ -403,10 +422,10 @@ impl ServerConfigBuilder {
                 // The verdict is taken from the trust current when the certificate is
                 // verified, not from `snapshot` (see `verify.rs`).
                 Some((handle, snapshot)) => builder
-                    .with_client_cert_verifier(Arc::new(ReloadingClientCertVerifier::new(
-                        handle.clone(),
-                        snapshot,
-                    )))
+                    .with_client_cert_verifier(Arc::new(
+                        ReloadingClientCertVerifier::new(handle.clone(), snapshot)
+                            .allowing(allowed.clone()),
+                    ))
                     .with_cert_resolver(resolver.clone()),
                 None => builder
                     .with_no_client_auth()
@@ -452,6 +471,7 @@ impl ReloadingServerConfig {
             resolver,
             served: None,
             trust: None,
+            allowed: None,
             provider: None,
             versions: rustls::DEFAULT_VERSIONS,
             configure: None,

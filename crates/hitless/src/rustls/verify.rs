@@ -31,6 +31,8 @@ pub(crate) struct ReloadingClientCertVerifier {
     /// The verifier of the trust this configuration was built from: its CA names and its
     /// signature algorithms (which depend only on the crypto provider).
     built_from: Arc<dyn ClientCertVerifier>,
+    /// When set, a verified client must also carry an allowed SPIFFE ID.
+    allowed: Option<crate::SpiffeIdMatcher>,
 }
 
 impl std::fmt::Debug for ReloadingClientCertVerifier {
@@ -46,7 +48,15 @@ impl ReloadingClientCertVerifier {
         ReloadingClientCertVerifier {
             trust,
             built_from: built_from.value.fixed_client_verifier().clone(),
+            allowed: None,
         }
+    }
+
+    /// Also requires an X.509-SVID whose SPIFFE ID `allowed` matches (`None`: any client the
+    /// trust accepts).
+    pub(crate) fn allowing(mut self, allowed: Option<crate::SpiffeIdMatcher>) -> Self {
+        self.allowed = allowed;
+        self
     }
 }
 
@@ -76,10 +86,22 @@ impl ClientCertVerifier for ReloadingClientCertVerifier {
         let Some(trust) = current.as_ref() else {
             return Err(rustls::Error::General("no client trust loaded".into()));
         };
-        trust
-            .value
-            .fixed_client_verifier()
-            .verify_client_cert(end_entity, intermediates, now)
+        let verified = trust.value.fixed_client_verifier().verify_client_cert(
+            end_entity,
+            intermediates,
+            now,
+        )?;
+        if let Some(allowed) = &self.allowed {
+            // After the chain: the ID of a certificate nobody vouches for means nothing.
+            allowed
+                .check_certificate(end_entity.as_ref())
+                .map_err(|e| {
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                        rustls::OtherError(Arc::new(e)),
+                    ))
+                })?;
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
