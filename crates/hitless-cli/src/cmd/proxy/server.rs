@@ -212,8 +212,10 @@ impl Proxy {
             .build()
             .context("cannot build the TLS configuration")?;
         let (trust_tx, trust_changes) = tokio::sync::watch::channel(configs.trust_generation());
-        configs.on_trust_change(move |generation| {
-            trust_tx.send_replace(generation);
+        configs.subscribe(move |change| {
+            if change.trust_changed {
+                trust_tx.send_replace(change.trust_generation);
+            }
         });
         let listener = Listener::bind(
             "proxy",
